@@ -1,0 +1,59 @@
+"""``python -m ggopool``: run a burst of tasks through a pool and print what happened."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import gevent
+
+import ggopool
+
+
+def demo(tasks: int, cap: int) -> int:
+    pool = ggopool.new_pool("demo", cap)
+    runners: set[int] = set()
+    peak_running = 0
+    running = 0
+    done = 0
+    finished = gevent.event.Event()
+
+    def task() -> None:
+        nonlocal running, peak_running, done
+        running += 1
+        peak_running = max(peak_running, running)
+        runners.add(id(gevent.getcurrent()))
+        gevent.sleep(0)  # yield once, as a task doing I/O would
+        running -= 1
+        done += 1
+        if done == tasks:
+            finished.set()
+
+    start = time.perf_counter()
+    for _ in range(tasks):
+        pool.go(task)
+    queued = pool.task_count()
+    workers = pool.worker_count()
+    finished.wait()
+    elapsed = time.perf_counter() - start
+    print(f"pool {pool.name!r} cap={pool.cap}")
+    print(f"queued {queued} tasks with go() in a burst; {workers} workers started")
+    print(f"ran {done} of {tasks} tasks in {elapsed:.3f} s ({done / elapsed:,.0f} tasks/s)")
+    print(f"at most {peak_running} ran at once; {len(runners)} worker greenlets ran them all")
+    print(f"after the burst: {pool.worker_count()} workers parked, {pool.task_count()} queued")
+    return 0 if done == tasks and peak_running <= cap else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ggopool", description=__doc__)
+    parser.add_argument("-n", "--tasks", type=int, default=100_000, help="tasks to run")
+    parser.add_argument("--cap", type=int, default=100, help="the pool's cap")
+    args = parser.parse_args(argv)
+    if args.tasks < 1 or args.cap < 1:
+        parser.error(f"--tasks and --cap must be >= 1, got {args.tasks} and {args.cap}")
+    return demo(args.tasks, args.cap)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

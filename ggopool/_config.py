@@ -1,0 +1,63 @@
+"""A pool's configuration: the spawn threshold and how long a parked worker waits for work."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+#: Seconds a parked worker waits for a new task before it exits (see `Config.idle_timeout`).
+DEFAULT_IDLE_TIMEOUT = 10.0
+
+
+def check_int_at_least(name: str, value: object, minimum: int) -> int:
+    """Return ``value`` if it is an int (not a bool) >= ``minimum``; raise otherwise."""
+    if type(value) is bool or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Config:
+    """How a pool decides to start workers and when its parked workers exit.
+
+    Example::
+
+        pool = ggopool.new_pool("audit", 50, ggopool.Config(scale_threshold=10))
+
+    Rules:
+
+    * ``scale_threshold`` (int >= 1, default 1): after a task is queued, one more worker
+      is woken or started when at least this many tasks are queued and fewer than ``cap``
+      workers are awake, or when no worker is awake at all. This is gopool's
+      ``ScaleThreshold``. With 1, a burst starts up to ``cap`` workers at once, as
+      ``gevent.spawn`` would; with 10, ten queued tasks are needed per extra worker.
+    * ``idle_timeout`` (seconds, a finite number >= 0, or None; default 10.0): how long a
+      worker whose queue ran empty stays parked on the pool's free list, waiting for the
+      next task, before it exits. ``0`` makes workers exit as soon as the queue is empty,
+      as gopool's goroutines do; ``None`` keeps parked workers forever. The default of 10 s
+      keeps a pool's workers warm under any steady load (a task at least every ten
+      seconds means no worker is ever started twice), while a one-off burst that started
+      thousands of workers gives their memory back within seconds of going quiet.
+
+    A Config is validated when it is built and is immutable, so it can be shared between
+    pools.
+    """
+
+    scale_threshold: int = 1
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        check_int_at_least("scale_threshold", self.scale_threshold, 1)
+        timeout = self.idle_timeout
+        if timeout is None:
+            return
+        if type(timeout) is bool or not isinstance(timeout, (int, float)):
+            raise TypeError(
+                f"idle_timeout must be a number of seconds >= 0 or None, got {timeout!r}"
+            )
+        if not math.isfinite(timeout) or timeout < 0:
+            raise ValueError(
+                f"idle_timeout must be a finite number of seconds >= 0 or None, got {timeout!r}"
+            )

@@ -1,0 +1,65 @@
+"""Test discipline, as in gevent's own suite: every test runs under a gevent.Timeout, and an
+error that reaches the hub fails the test unless the test takes it from `hub_errors`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import pytest
+
+import ggopool
+
+TEST_TIMEOUT = 60.0
+
+
+class HubErrors:
+    """The errors reported to ``hub.handle_error`` during one test.
+
+    A test that expects errors calls `take()`; whatever is left at the end fails the test.
+    System errors (KeyboardInterrupt, SystemExit, SystemError) are recorded and then
+    handled by the real hub, so they still reach the main greenlet.
+    """
+
+    def __init__(self, hub: Any) -> None:
+        self.hub = hub
+        self.errors: list[tuple[Any, type[BaseException], BaseException]] = []
+
+    def handle_error(self, context: Any, type_: Any, value: Any, tb: Any) -> None:
+        if value is None:
+            value = type_()
+        self.errors.append((context, type_, value))
+        if issubclass(type_, self.hub.SYSTEM_ERROR):
+            self.hub.handle_system_error(type_, value, tb)
+
+    def take(self) -> list[tuple[Any, type[BaseException], BaseException]]:
+        taken, self.errors = self.errors, []
+        return taken
+
+
+@pytest.fixture(autouse=True)
+def hub_errors() -> Iterator[HubErrors]:
+    hub = gevent.get_hub()
+    recorder = HubErrors(hub)
+    # An instance attribute overrides the method, as gevent documents for applications.
+    hub.handle_error = recorder.handle_error  # type: ignore[method-assign,assignment]
+    timeout = gevent.Timeout(TEST_TIMEOUT)
+    timeout.start()
+    try:
+        yield recorder
+    finally:
+        timeout.close()
+        del hub.handle_error
+    if recorder.errors:
+        pytest.fail(f"unexpected errors reached the hub: {recorder.errors!r}")
+
+
+@pytest.fixture(autouse=True)
+def fresh_default_pool() -> Iterator[None]:
+    """Each test starts with the default pool's cap and handler as they ship."""
+    pool = ggopool.default_pool()
+    cap = pool.cap
+    yield
+    pool.set_cap(cap)
+    pool.set_panic_handler(None)
