@@ -4,6 +4,7 @@ Reuse worker greenlets instead of spawning one per task: ``ggopool.go(fn)`` wher
 application now writes ``gevent.spawn(fn)``.
 """
 
+from ggopool import _fork  # noqa: F401 - registers the after-fork reset of every pool
 from ggopool._config import Config
 from ggopool._default import (
     ctx_go,
@@ -14,16 +15,27 @@ from ggopool._default import (
     register_pool,
     set_cap,
     set_panic_handler,
+    spawn,
     worker_count,
 )
+from ggopool._errors import PoolClosed, PoolFull, TaskCancelled
+from ggopool._group import TaskGroup
 from ggopool._panic import FailedTask, PanicHandler
 from ggopool._pool import Pool
+from ggopool._stats import PoolStats
+from ggopool._task import Task
 
 __all__ = [
     "Config",
     "FailedTask",
     "PanicHandler",
     "Pool",
+    "PoolClosed",
+    "PoolFull",
+    "PoolStats",
+    "Task",
+    "TaskCancelled",
+    "TaskGroup",
     "ctx_go",
     "default_pool",
     "get_pool",
@@ -32,5 +44,6 @@ __all__ = [
     "register_pool",
     "set_cap",
     "set_panic_handler",
+    "spawn",
     "worker_count",
 ]

@@ -41,15 +41,25 @@ class Config:
       seconds means no worker is ever started twice), while a one-off burst that started
       thousands of workers gives their memory back within seconds of going quiet.
 
+    * ``max_pending`` (int >= 1 or None; default None, unbounded): the most tasks the
+      pool holds queued. When it is reached, ``go``/``submit`` from an ordinary greenlet
+      wait cooperatively for room (backpressure); from the hub or from one of the
+      pool's own workers, where waiting could deadlock, they raise ``PoolFull``.
+      ``try_go`` never waits. Without a bound, each queued task costs memory until it
+      runs.
+
     A Config is validated when it is built and is immutable, so it can be shared between
     pools.
     """
 
     scale_threshold: int = 1
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
+    max_pending: int | None = None
 
     def __post_init__(self) -> None:
         check_int_at_least("scale_threshold", self.scale_threshold, 1)
+        if self.max_pending is not None:
+            check_int_at_least("max_pending", self.max_pending, 1)
         timeout = self.idle_timeout
         if timeout is None:
             return

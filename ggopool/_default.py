@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextvars
 import sys
 from collections.abc import Callable
-from typing import ParamSpec
+from typing import ParamSpec, TypeVar
 
 from ggopool._config import Config
 from ggopool._panic import PanicHandler
 from ggopool._pool import Pool
+from ggopool._task import Task
 
 P = ParamSpec("P")
+T = TypeVar("T")
 
 #: The cap of the default pool: unlimited in practice (gopool uses math.MaxInt32).
 UNLIMITED = sys.maxsize
@@ -84,3 +86,9 @@ def get_pool(name: str) -> Pool | None:
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {name!r}")
     return _registry.get(name)
+
+
+def spawn(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]:
+    """`Pool.submit` on the default pool: ``gevent.spawn`` -> ``ggopool.spawn`` for code that
+    joins tasks or reads their results (``gevent.joinall`` accepts the returned tasks)."""
+    return _default_pool.submit(fn, *args, **kwargs)

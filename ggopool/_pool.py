@@ -3,27 +3,56 @@
 from __future__ import annotations
 
 import contextvars
+import itertools
+import sys
+import weakref
 from collections import deque
-from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from gevent import spawn_raw
+from gevent import Timeout, get_hub, spawn_raw
+from gevent.event import Event
 from gevent.lock import Semaphore
+from gevent.monkey import get_original
+from gevent.queue import SimpleQueue
+from greenlet import GreenletExit, getcurrent
+from greenlet import greenlet as Greenlet
 
 from ggopool._config import Config, check_int_at_least
+from ggopool._errors import PoolClosed, PoolFull
 from ggopool._panic import PanicHandler
+from ggopool._stats import Counts, PoolStats
+from ggopool._task import Task
 from ggopool._worker import work
+
+if TYPE_CHECKING:
+    from ggopool._group import TaskGroup
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-#: One queued task: the context it runs in, the callable and its arguments.
-Task = tuple[contextvars.Context, Callable[..., object], tuple[Any, ...], dict[str, Any]]
+#: A queued task takes this many slots of the pool's deque, in this order: the context it
+#: runs in, the callable, its positional arguments and its keyword arguments. Four flat
+#: slots rather than one 4-tuple per task: a burst of queued tuples that each hold a
+#: Context keeps the cyclic GC busy, and `python -m ggopool bench` measured go() at about
+#: twice the cost with tuples (see the README's benchmark section).
+SLOTS = 4
+
+#: The keyword arguments of a task queued without any. Shared: ``fn(**kwargs)`` copies it,
+#: so nothing can change it, and it saves a dict per task.
+NO_KWARGS: dict[str, Any] = {}
+
+# The real thread id even under monkey-patching (patched, get_ident names greenlets).
+_get_ident: Callable[[], int] = get_original("_thread", "get_ident")
+
+#: Every pool alive, so a forked child can reset them (see _fork.py).
+all_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 
 
-def _check_callable(fn: object) -> None:
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {fn!r}")
+def _throw_exit(worker: Greenlet) -> None:
+    if not worker.dead:
+        worker.throw(GreenletExit)
 
 
 def check_cap(cap: object) -> int:
@@ -40,8 +69,9 @@ class Pool:
 
     Rules:
 
-    * ``go()`` never blocks and never switches greenlets: the task is queued and starts
-      after the caller yields, as with ``gevent.spawn``. Tasks start in FIFO order.
+    * ``go()`` never blocks and never switches greenlets (unless ``Config.max_pending``
+      is reached): the task is queued and starts after the caller yields, as with
+      ``gevent.spawn``. Tasks start in FIFO order.
     * After each ``go()``, gopool's rule decides whether one more worker should run:
       ``(task_count() >= scale_threshold and awake < cap) or awake == 0``, where *awake*
       counts workers that are running a task or already woken. If so, a parked worker is
@@ -51,13 +81,17 @@ class Pool:
       ``worker_count()`` (running and parked) never exceeds ``cap``.
     * A task runs in the caller's ``contextvars`` (copied when it is queued), so request
       ids and tracing spans survive, and what it sets never leaks into the next task.
-    * An ``Exception`` from a task goes to the panic handler as ``handler(ctx, exc)``, or,
-      with none set, to ``gevent.get_hub().handle_error``; the worker survives.
-      KeyboardInterrupt, SystemExit and SystemError go to the hub, which raises them in
-      the main greenlet. A worker killed with ``GreenletExit`` ends; another takes the
-      queue.
-
-    Pools are used from the thread whose hub runs their workers.
+    * An ``Exception`` from a ``go()`` task goes to the panic handler as
+      ``handler(ctx, exc)``, or, with none set, to ``gevent.get_hub().handle_error``; the
+      worker survives. KeyboardInterrupt, SystemExit and SystemError go to the hub,
+      which raises them in the main greenlet. A worker killed with ``GreenletExit`` ends;
+      another takes the queue.
+    * Threads: a pool belongs to the thread that made it; its workers run on that
+      thread's hub. ``go``/``submit`` from any other thread hand the task over to it
+      (``loop.run_callback_threadsafe``); such a task is accepted when handed over, so a
+      later ``close()`` or a full queue does not refuse it.
+    * Fork: in a forked child every pool starts empty, with no workers, and works; what
+      was queued stays with the parent (see the README's "Deploying").
     """
 
     def __init__(self, name: str, cap: int, config: Config | None = None) -> None:
@@ -74,27 +108,64 @@ class Pool:
         self._cap = cap
         self._config = config
         self._threshold = config.scale_threshold
+        self._threshold_slots = SLOTS * config.scale_threshold
         self._idle_timeout = config.idle_timeout
+        self._max_pending = config.max_pending
         self._panic_handler: PanicHandler | None = None
-        self._tasks: deque[Task] = deque()
+        # The thread whose hub runs this pool's workers.
+        self._ident = _get_ident()
+        self._hub = get_hub()
+        self._reset()
+        all_pools.add(self)
+
+    def _reset(self) -> None:
+        """The state of a new pool; also what a forked child starts from."""
+        self._tasks: deque[Any] = deque()  # SLOTS entries per task
+        # go() takes its slow path when len(tasks) reaches this: max_pending tasks when
+        # set, -1 once closed (so a closed pool refuses with no second check on the hot
+        # path).
+        self._limit = sys.maxsize if self._max_pending is None else SLOTS * self._max_pending
+        self._closed = False
         # Live workers, running or parked; and how many of those are parked and not yet
         # granted a wake-up. Workers that are awake: _workers - _idle.
         self._workers = 0
         self._idle = 0
+        self._greenlets: set[Greenlet] = set()
         # The gevent Semaphore that parked workers wait on. Its counter is the number of
         # wake-ups granted by the spawn rule and not yet taken. A wake-up costs one
         # release and one acquire; a task queued while workers are busy costs nothing,
         # because a running worker takes the next task straight off the deque. Any
         # parked worker may take any wake-up: the rule only asks that one more runs.
         self._wakeups = Semaphore(0)
-        # Wake-ups granted by set_cap to parked workers above a lowered cap: whoever
-        # takes one exits (the count was already lowered).
+        # Wake-ups granted to retire parked workers (set_cap, close): whoever takes one
+        # exits; the count was already lowered.
         self._retiring = 0
+        # Greenlets waiting in go()/submit() for room under max_pending, and the
+        # Semaphore they wait on; a worker releases it when it takes a task off a queue
+        # that someone is waiting to add to.
+        self._blocked = 0
+        self._room = Semaphore(0)
+        self._quiet: Event | None = None  # set when nothing is queued or running (join)
+        self._exited: Event | None = None  # set when a worker ends (kill)
+        self._submitted = 0
+        self._counts = Counts()
+        self._generation = getattr(self, "_generation", 0) + 1
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's queue stays the parent's: clear the child's copy of it, so that a
+        # worker inherited mid-task finds nothing more to run here. Wake the inherited
+        # parked workers so that they see the new generation and exit.
+        self._tasks.clear()
+        wakeups, parked = self._wakeups, self._idle
+        self._reset()
+        for _ in range(parked):
+            wakeups.release()
 
     def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
         return (
             f"<ggopool.Pool {self._name!r} cap={self._cap} workers={self._workers} "
-            f"idle={self._idle} queued={len(self._tasks)}>"
+            f"idle={self._idle} queued={len(self._tasks) // SLOTS}{state}>"
         )
 
     @property
@@ -112,6 +183,11 @@ class Pool:
         """The pool's `Config`."""
         return self._config
 
+    @property
+    def closed(self) -> bool:
+        """True once `close` (or leaving a ``with`` block) was called."""
+        return self._closed
+
     def set_cap(self, cap: int) -> None:
         """Change the most workers this pool runs at once; it takes effect at once.
 
@@ -121,25 +197,22 @@ class Pool:
         A bad cap raises and leaves the cap as it was.
         """
         check_cap(cap)
+        if _get_ident() != self._ident:
+            self._hub.loop.run_callback_threadsafe(self.set_cap, cap)
+            return
         self._cap = cap
         excess = self._workers - cap
         if excess > 0:
-            # Retire parked workers first: they are not running anything. Each takes a
-            # wake-up, finds itself over the cap and exits; they are uncounted now.
-            retiring = min(excess, self._idle)
-            self._idle -= retiring
-            self._workers -= retiring
-            self._retiring += retiring
-            for _ in range(retiring):
-                self._wakeups.release()
+            # Retire parked workers first: they are not running anything.
+            self._retire_parked(excess)
         else:
-            queued = len(self._tasks)
+            queued = len(self._tasks) // SLOTS
             while queued and self._should_add_worker():
                 self._add_worker()
                 queued -= 1
 
     def set_panic_handler(self, handler: PanicHandler | None) -> None:
-        """Send the ``Exception``s of this pool's tasks to ``handler(ctx, exc)``.
+        """Send the ``Exception``s of this pool's ``go()`` tasks to ``handler(ctx, exc)``.
 
         ``ctx`` is the task's ``contextvars.Context`` and the handler runs inside it;
         ``exc`` keeps its ``__traceback__``. ``None`` restores the default, which reports
@@ -150,16 +223,30 @@ class Pool:
             raise TypeError(f"panic handler must be callable or None, got {handler!r}")
         self._panic_handler = handler
 
+    # -- queueing ----------------------------------------------------------------------
+
     def go(self, fn: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs) -> None:
         """Queue ``fn(*args, **kwargs)`` to run on one of the pool's workers.
 
         The task runs in a copy of the caller's ``contextvars.Context``. ``go()`` never
-        blocks and never yields; a non-callable ``fn`` raises TypeError and queues nothing.
+        yields, unless ``Config.max_pending`` tasks are queued: then it waits for room,
+        or raises `PoolFull` when called from the hub or from this pool's own workers.
+        A non-callable ``fn`` raises TypeError; a closed pool raises `PoolClosed`; in
+        both cases nothing is queued.
         """
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        self._tasks.append((contextvars.copy_context(), fn, args, kwargs))
-        if self._should_add_worker():
+        if _get_ident() != self._ident:
+            self._hand_over(contextvars.copy_context(), fn, args, kwargs)
+            return
+        tasks = self._tasks
+        if len(tasks) >= self._limit:
+            self._wait_for_room()
+        tasks.extend((contextvars.copy_context(), fn, args, kwargs or NO_KWARGS))
+        self._submitted += 1
+        # gopool's spawn rule (see _should_add_worker), inlined: go() is the hot path.
+        awake = self._workers - self._idle
+        if (len(tasks) >= self._threshold_slots and awake < self._cap) or awake == 0:
             self._add_worker()
 
     def ctx_go(
@@ -179,34 +266,282 @@ class Pool:
             raise TypeError(f"ctx must be a contextvars.Context, got {ctx!r}")
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        self._tasks.append((ctx.copy(), fn, args, kwargs))
+        self._queue(ctx.copy(), fn, args, kwargs)
+
+    def try_go(self, fn: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs) -> bool:
+        """Like `go`, but never waits: False (and nothing queued) if the queue is full.
+
+        A closed pool still raises `PoolClosed`.
+        """
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        if _get_ident() != self._ident:
+            self._hand_over(contextvars.copy_context(), fn, args, kwargs)
+            return True
+        if self._closed:
+            self._refuse_closed()
+        if len(self._tasks) >= self._limit:
+            self._counts.rejected += 1
+            return False
+        self._queue(contextvars.copy_context(), fn, args, kwargs)
+        return True
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]:
+        """Queue ``fn(*args, **kwargs)`` like `go` and return its `Task` handle.
+
+        An exception from the task goes to whoever calls ``get()`` on the handle, not to
+        the panic handler.
+        """
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        task: Task[T] = Task(self, fn)
+        self._queue(contextvars.copy_context(), task._run, (args, kwargs), {})
+        return task
+
+    def _queue(
+        self,
+        ctx: contextvars.Context,
+        fn: Callable[..., object],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        if _get_ident() != self._ident:
+            self._hand_over(ctx, fn, args, kwargs)
+            return
+        tasks = self._tasks
+        if len(tasks) >= self._limit:
+            self._wait_for_room()
+        tasks.extend((ctx, fn, args, kwargs or NO_KWARGS))
+        self._submitted += 1
         if self._should_add_worker():
             self._add_worker()
+
+    def _hand_over(
+        self,
+        ctx: contextvars.Context,
+        fn: Callable[..., object],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        """Queue a task from another thread on the pool's own hub thread."""
+        if self._closed:
+            self._refuse_closed()
+        self._hub.loop.run_callback_threadsafe(self._accept_handed_over, ctx, fn, args, kwargs)
+
+    def _accept_handed_over(
+        self,
+        ctx: contextvars.Context,
+        fn: Callable[..., object],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        # Runs in the hub. The caller's thread was told it was accepted, so no limit
+        # applies now: a thread cannot wait for room cooperatively.
+        self._tasks.extend((ctx, fn, args, kwargs or NO_KWARGS))
+        self._submitted += 1
+        if self._should_add_worker():
+            self._add_worker()
+
+    def _wait_for_room(self) -> None:
+        """go()'s slow path: the queue is at its limit, or the pool is closed."""
+        while True:
+            if self._closed:
+                self._refuse_closed()
+            if len(self._tasks) < self._limit:
+                return
+            current = getcurrent()
+            if current is self._hub or current in self._greenlets:
+                self._counts.rejected += 1
+                where = "the hub" if current is self._hub else "one of its own workers"
+                raise PoolFull(
+                    f"pool {self._name!r} is full: max_pending={self._max_pending} tasks "
+                    f"are queued, and waiting for room from {where} could deadlock"
+                )
+            self._blocked += 1
+            try:
+                self._room.acquire()
+            finally:
+                self._blocked -= 1
+
+    def _refuse_closed(self) -> None:
+        self._counts.rejected += 1
+        raise PoolClosed(f"pool {self._name!r} is closed: it accepts no new tasks")
+
+    # -- many tasks at once ------------------------------------------------------------
+
+    def map(self, fn: Callable[[Any], T], iterable: Iterable[Any]) -> list[T]:
+        """``[fn(x) for x in iterable]``, run on the pool; results in input order.
+
+        All the tasks run to the end; then the first exception, in input order, is
+        raised.
+        """
+        tasks = [self.submit(fn, item) for item in iterable]
+        for task in tasks:
+            task.join()
+        return [task.get() for task in tasks]
+
+    def imap_unordered(self, fn: Callable[[Any], T], iterable: Iterable[Any]) -> Iterator[T]:
+        """Yield ``fn(x)`` for each ``x`` as each finishes; an exception is raised when
+        its task is reached, and the tasks not yet yielded go on running."""
+        done: SimpleQueue[Task[T]] = SimpleQueue()
+        count = 0
+        for item in iterable:
+            self.submit(fn, item)._add_hook(done.put)
+            count += 1
+        for _ in range(count):
+            yield done.get().get()
+
+    def group(self, cancel_on_error: bool = False) -> TaskGroup:
+        """An errgroup-like fan-out on this pool; see `TaskGroup`."""
+        from ggopool._group import TaskGroup
+
+        return TaskGroup(self, cancel_on_error)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until nothing is queued or running; False if ``timeout`` passed first."""
+        if self._unfinished() == 0:
+            return True
+        if self._quiet is None:
+            self._quiet = Event()
+        return bool(self._quiet.wait(timeout))
+
+    def close(self) -> None:
+        """Accept no new tasks; what is queued still runs. ``go``/``submit`` raise
+        `PoolClosed` from now on. Parked workers exit now, the rest when the queue is
+        empty. Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        self._limit = -1
+        self._retire_parked(self._idle)
+        for _ in range(self._blocked):
+            self._room.release()  # so that greenlets waiting for room raise PoolClosed
+
+    def kill(self, timeout: float | None = None) -> bool:
+        """Cancel every queued task and kill every worker (running ones get
+        ``GreenletExit`` inside their task). The pool stays open and usable.
+
+        Waits up to ``timeout`` seconds for the workers to end; True if they all did.
+        """
+        tasks = self._tasks
+        counts = self._counts
+        for fn in itertools.islice(tasks, 1, None, SLOTS):
+            handle = getattr(fn, "__self__", None)
+            if isinstance(handle, Task) and handle._pool is self:
+                if handle.cancelled():
+                    counts.cancelled_queued -= 1
+                    continue
+                handle.cancel()
+                counts.cancelled_queued -= 1
+            else:
+                counts.cancelled += 1
+        counts.dropped += len(tasks) // SLOTS
+        tasks.clear()
+        for _ in range(self._blocked):
+            self._room.release()
+        greenlets = list(self._greenlets)
+        for worker in greenlets:
+            # Scheduled after the callbacks that start new workers, so each has started.
+            self._hub.loop.run_callback(_throw_exit, worker)
+        if getcurrent() in self._greenlets:
+            raise GreenletExit  # killed from one of its own tasks: this worker ends too
+        # False: the Timeout ends the block quietly, as gevent documents (the stubs omit it).
+        with Timeout(timeout, False):  # type: ignore[arg-type]
+            while any(worker in self._greenlets for worker in greenlets):
+                if self._exited is None:
+                    self._exited = Event()
+                self._exited.wait()
+        return not any(worker in self._greenlets for worker in greenlets)
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+        self.join()
+
+    # -- counts ------------------------------------------------------------------------
 
     def worker_count(self) -> int:
         """Live workers: those running a task and those parked waiting for one."""
         return self._workers
 
     def task_count(self) -> int:
-        """Tasks queued and not yet started."""
-        return len(self._tasks)
+        """Tasks queued and not yet started (cancelled ones excluded)."""
+        return len(self._tasks) // SLOTS - self._counts.cancelled_queued
 
-    # -- gopool's spawn rule ---------------------------------------------------------
+    def _unfinished(self) -> int:
+        counts = self._counts
+        return self._submitted - counts.finished - counts.dropped
+
+    def stats(self) -> PoolStats:
+        """A snapshot of the pool's counts; see `PoolStats`."""
+        counts = self._counts
+        queued = len(self._tasks) // SLOTS
+        return PoolStats(
+            name=self._name,
+            cap=self._cap,
+            workers=self._workers,
+            idle=self._idle,
+            running=self._unfinished() - queued,
+            pending=queued - counts.cancelled_queued,
+            submitted=self._submitted,
+            completed=counts.finished - counts.failed - counts.skipped,
+            failed=counts.failed,
+            cancelled=counts.cancelled,
+            rejected=counts.rejected,
+        )
+
+    # -- gopool's spawn rule -----------------------------------------------------------
 
     def _should_add_worker(self) -> bool:
         """gopool's rule, evaluated after a task is queued: should one more worker run?"""
         awake = self._workers - self._idle
-        return (len(self._tasks) >= self._threshold and awake < self._cap) or awake == 0
+        return (len(self._tasks) >= self._threshold_slots and awake < self._cap) or awake == 0
 
     def _add_worker(self) -> None:
         """Wake a parked worker, or start one if none is parked and the cap allows."""
-        # Nothing between the rule's check and these increments can yield, and a pool is
-        # used from one thread, so no other greenlet can run in between: two go() calls
-        # can never both see room for the last worker below the cap. (gopool checks and
-        # increments separately across goroutines and can overshoot; gopkg #231.)
+        # Nothing between the rule's check and these increments can yield, and only the
+        # pool's own thread touches them, so no other greenlet can run in between: two
+        # go() calls can never both see room for the last worker below the cap. (gopool
+        # checks and increments separately across goroutines and overshoots; gopkg #231.)
         if self._idle:
             self._idle -= 1
             self._wakeups.release()
         elif self._workers < self._cap:
             self._workers += 1
-            spawn_raw(work, self)
+            self._greenlets.add(spawn_raw(work, self))
+
+    def _retire_parked(self, n: int) -> None:
+        """Make up to ``n`` parked workers exit now; they are uncounted at once."""
+        retiring = min(n, self._idle)
+        self._idle -= retiring
+        self._workers -= retiring
+        self._retiring += retiring
+        for _ in range(retiring):
+            self._wakeups.release()
+
+    def _worker_left(self, worker: Greenlet) -> None:
+        """A worker has ended (it is already uncounted): keep queued tasks going and
+        tell join() and kill() what changed."""
+        self._greenlets.discard(worker)
+        if self._tasks and self._should_add_worker():
+            self._add_worker()
+        self._check_quiet()
+        exited = self._exited
+        if exited is not None:
+            self._exited = None
+            exited.set()
+
+    def _check_quiet(self) -> None:
+        quiet = self._quiet
+        if quiet is not None and self._unfinished() == 0:
+            self._quiet = None
+            quiet.set()

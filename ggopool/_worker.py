@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from greenlet import GreenletExit
+from greenlet import GreenletExit, getcurrent
 
 from ggopool._panic import report_failure
 
@@ -15,48 +15,66 @@ if TYPE_CHECKING:
 def work(pool: Pool) -> None:
     """The body of a worker greenlet (its parent is the hub, as with ``gevent.spawn_raw``).
 
-    Accounting: the worker was counted in ``pool._workers`` by whoever started it, and it
-    uncounts itself on every way out.
+    Whoever started the worker counted it in ``pool._workers``; it uncounts itself on
+    every way out. ``generation`` changes only in a forked child: a worker inherited from
+    the parent then sees it differ and leaves without touching the child's pool.
     """
+    me = getcurrent()
+    generation = pool._generation
     try:
-        _run(pool)
+        _run(pool, generation)
     except GreenletExit:
-        # Someone killed this worker (gevent.kill, greenlet.throw). It ends, and if tasks
-        # are waiting the spawn rule gets another worker onto them.
-        pool._workers -= 1
-        if pool._tasks and pool._should_add_worker():
-            pool._add_worker()
+        # Someone killed this worker (gevent.kill, greenlet.throw, Pool.kill).
+        if pool._generation == generation:
+            pool._workers -= 1
+    finally:
+        if pool._generation == generation:
+            pool._worker_left(me)
 
 
-def _run(pool: Pool) -> None:
+def _run(pool: Pool, generation: int) -> None:
     tasks = pool._tasks
     popleft = tasks.popleft
+    counts = pool._counts
     while True:
         # Runs until the queue is empty, then parks on the pool's free list.
         while tasks:
-            ctx, fn, args, kwargs = popleft()
+            # The four slots of one task (see SLOTS in _pool.py).
+            ctx = popleft()
+            fn = popleft()
+            args = popleft()
+            kwargs = popleft()
+            if pool._blocked:
+                pool._room.release()  # someone waits in go() for room under max_pending
             try:
                 ctx.run(fn, *args, **kwargs)
             except GreenletExit:
+                counts.finished += 1
                 raise
             except BaseException as exc:  # noqa: BLE001 - no task may end its worker
+                counts.finished += 1
+                counts.failed += 1
                 report_failure(pool, ctx, fn, exc)
-            if pool._workers > pool._cap:
+            else:
+                counts.finished += 1
+            if pool._workers > pool._cap and pool._generation == generation:
                 # The cap was lowered while this task ran: leave now that it is done.
                 pool._workers -= 1
-                if tasks and pool._should_add_worker():
-                    pool._add_worker()
                 return
         # Don't keep the last task's callable, arguments and context alive while parked.
-        ctx = fn = args = kwargs = None  # type: ignore[assignment]
-        if not _park(pool):
+        ctx = fn = args = kwargs = None
+        if pool._quiet is not None:
+            pool._check_quiet()
+        if not _park(pool, generation):
             return
 
 
-def _park(pool: Pool) -> bool:
+def _park(pool: Pool, generation: int) -> bool:
     """Wait on the free list for a wake-up. True: woken for work. False: uncounted, exit."""
+    if pool._generation != generation:
+        return False  # inherited across a fork: the child's pool is not ours to touch
     timeout = pool._idle_timeout
-    if timeout == 0:
+    if timeout == 0 or pool._closed:
         pool._workers -= 1
         return False
     wakeups = pool._wakeups
@@ -64,15 +82,18 @@ def _park(pool: Pool) -> bool:
     try:
         woken = wakeups.acquire(timeout=timeout)
     except GreenletExit:
-        # Killed while parked. Become an awake worker again before the caller uncounts
-        # it: either a waker already counted it awake (a wake-up is waiting; take it) or
-        # it is still counted idle.
-        if not wakeups.acquire(blocking=False):
-            pool._idle -= 1
-        elif pool._retiring:
-            pool._retiring -= 1
-            pool._workers += 1  # set_cap already uncounted it; work() uncounts it again
+        # Killed while parked. Become an awake worker again before work() uncounts it:
+        # either a waker already counted it awake (a wake-up is waiting; take it) or it
+        # is still counted idle.
+        if pool._generation == generation:
+            if not wakeups.acquire(blocking=False):
+                pool._idle -= 1
+            elif pool._retiring:
+                pool._retiring -= 1
+                pool._workers += 1  # already uncounted by _retire_parked
         raise
+    if pool._generation != generation:
+        return False
     if not woken:
         # Timed out. A wake-up granted just as the timer fired is still this worker's
         # to take (any parked worker may take any wake-up); otherwise it leaves.
@@ -82,8 +103,8 @@ def _park(pool: Pool) -> bool:
             pool._workers -= 1
             return False
     if pool._retiring:
-        # set_cap lowered the cap and granted this wake-up to retire a parked worker; it
-        # has already been uncounted.
+        # set_cap or close granted this wake-up to retire a parked worker; it has
+        # already been uncounted.
         pool._retiring -= 1
         return False
     return True

@@ -1,0 +1,55 @@
+"""A pool's counts: the live ones the worker loop keeps, and the snapshot `Pool.stats` returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class Counts:
+    """Counters the workers and task handles update as tasks end.
+
+    They live in an object of their own, bound by each worker when it starts, so that a
+    forked child can give its pools fresh counts while workers inherited from the parent
+    keep updating the parent's copy, which nothing reads in the child.
+    """
+
+    __slots__ = (
+        "cancelled",
+        "cancelled_queued",
+        "dropped",
+        "failed",
+        "finished",
+        "rejected",
+        "skipped",
+    )
+
+    def __init__(self) -> None:
+        self.finished = 0  # entries a worker took off the queue and ran (or skipped)
+        self.failed = 0  # tasks that raised
+        self.skipped = 0  # cancelled entries a worker took off the queue and did not run
+        self.cancelled = 0  # tasks cancelled before they started
+        self.cancelled_queued = 0  # cancelled entries still on the queue
+        self.dropped = 0  # entries removed from the queue by Pool.kill
+        self.rejected = 0  # go/submit refused: closed, full, or try_go with no room
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of a pool's counts, from `Pool.stats`.
+
+    ``submitted == completed + failed + cancelled + running + pending`` always holds.
+    ``completed`` counts tasks that returned (a task killed while running counts here, as
+    a killed ``gevent.Greenlet`` is successful); ``failed`` those that raised.
+    """
+
+    name: str
+    cap: int
+    workers: int  # live worker greenlets, running or parked
+    idle: int  # of those, parked on the free list
+    running: int  # tasks started and not finished
+    pending: int  # tasks queued, not started, not cancelled
+    submitted: int  # tasks accepted by go, ctx_go, submit or try_go
+    completed: int
+    failed: int
+    cancelled: int
+    rejected: int  # calls refused with PoolClosed or PoolFull, or try_go returning False
