@@ -1,0 +1,225 @@
+"""What the deployment tests share: real subprocesses read without blocking the hub, a
+loopback HTTP client, a webhook receiver, and waiting on a condition under a deadline.
+
+Everything binds or connects to 127.0.0.1 only, and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import gevent
+import gevent.socket
+from gevent import subprocess
+from gevent.pywsgi import WSGIServer
+from geventhttpclient import HTTPClient
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+T = TypeVar("T")
+
+#: The repository root: the subprocesses' working directory and import path.
+REPO = Path(__file__).absolute().parents[1]
+LOOPBACK = "127.0.0.1"
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess: ours, with the repository importable first."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (for programs that cannot be told to bind port 0)."""
+    with gevent.socket.socket(gevent.socket.AF_INET, gevent.socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(
+    condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05
+) -> T:
+    """Poll ``condition`` until it returns something truthy, and return that; fail after
+    ``timeout`` seconds saying ``what`` was awaited."""
+    with gevent.Timeout(timeout, AssertionError(f"timed out after {timeout} s waiting for {what}")):
+        while True:
+            value = condition()
+            if value:
+                return value
+            gevent.sleep(interval)
+
+
+class Proc:
+    """A subprocess whose merged stdout and stderr a greenlet reads into `lines`, so the
+    test can wait for a line without blocking the hub and the pipe never fills."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.lines: list[str] = []
+        self.popen = subprocess.Popen(
+            args,
+            cwd=REPO,
+            env=env if env is not None else subprocess_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self._reader = gevent.spawn(self._read)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def _read(self) -> None:
+        stdout = self.popen.stdout
+        assert stdout is not None
+        for raw in stdout:
+            self.lines.append(raw.decode(errors="replace"))
+
+    def wait_for(self, pattern: str, timeout: float, count: int = 1) -> list[re.Match[str]]:
+        """Wait until ``count`` lines of output match ``pattern``; return their matches."""
+        regex = re.compile(pattern)
+
+        def matches() -> list[re.Match[str]] | None:
+            found = [m for m in map(regex.search, self.lines) if m]
+            if len(found) >= count:
+                return found[:count]
+            if self.popen.poll() is not None and self._reader.dead:
+                raise AssertionError(
+                    f"{self.args[:3]} exited with {self.popen.returncode} before printing "
+                    f"{pattern!r}; output:\n{self.output}"
+                )
+            return None
+
+        return wait_until(matches, timeout, f"{pattern!r} from {self.args[:3]}")
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit by itself, and its output to be read; its exit code."""
+        try:
+            code = self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{self.args[:3]} still running after {timeout} s; output:\n{self.output}"
+            ) from None
+        self._reader.join(5)
+        return code
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Terminate (then kill) the process if it runs, and close its pipe."""
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=timeout)
+        self._reader.join(timeout)
+        self._reader.kill()
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+
+
+@contextmanager
+def running(args: list[str], env: dict[str, str] | None = None) -> Iterator[Proc]:
+    """`Proc` as a context manager: the process is stopped however the block ends."""
+    proc = Proc(args, env)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def start_app(*options: str, env: dict[str, str] | None = None) -> tuple[Proc, str]:
+    """``python -m loadtests.app --port 0 ...``; the running process and its base URL."""
+    proc = Proc([sys.executable, "-m", "loadtests.app", "--port", "0", *options], env)
+    try:
+        [match] = proc.wait_for(r"listening on (http://127\.0\.0\.1:\d+)", timeout=15)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, match.group(1)
+
+
+def client(base_url: str, concurrency: int = 1) -> HTTPClient:
+    return HTTPClient.from_url(
+        base_url, concurrency=concurrency, connection_timeout=5.0, network_timeout=15.0
+    )
+
+
+def request_json(
+    http: HTTPClient, method: str, path: str, body: object | None = None
+) -> tuple[int, Any]:
+    """Send a request; the status and the JSON body of the answer."""
+    data = b"" if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    with http.request(method, path, body=data, headers=headers) as response:
+        return response.status_code, json.loads(response.read())
+
+
+def stats(http: HTTPClient) -> dict[str, Any]:
+    status, payload = request_json(http, "GET", "/stats")
+    assert status == 200, payload
+    assert isinstance(payload, dict)
+    return payload
+
+
+def settled(s: dict[str, Any]) -> bool:
+    """True when every pool of one process's stats has run all it was given."""
+    return all(
+        p["task_count"] == 0
+        and p["running"] == 0
+        and p["submitted"] == p["completed"] + p["failed"]
+        for p in s["pools"].values()
+    )
+
+
+def audit_records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+class WebhookReceiver:
+    """A webhook receiver on 127.0.0.1 in the test process: the outside observer that
+    counts each order's notification, whichever process sent it."""
+
+    def __init__(self) -> None:
+        self.received: Counter[str] = Counter()
+        self.senders: Counter[int] = Counter()
+        self.server = WSGIServer((LOOPBACK, 0), self._app, log=None)
+
+    def __enter__(self) -> WebhookReceiver:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(timeout=2)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.server.server_port}/hooks/orders"
+
+    def _app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        order = json.loads(environ["wsgi.input"].read(length))
+        self.received[order["order_id"]] += 1
+        self.senders[order["pid"]] += 1
+        start_response("204 No Content", [])
+        return []
