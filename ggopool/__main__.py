@@ -1,4 +1,8 @@
-"""``python -m ggopool``: run a burst of tasks through a pool and print what happened."""
+"""``python -m ggopool``: run a burst of tasks through a pool and print what happened.
+
+``python -m ggopool [demo] [-n TASKS] [--cap CAP]`` runs the demo (the default);
+``python -m ggopool bench [--quick] [--json] ...`` runs the benchmark (``bench --help``).
+"""
 
 from __future__ import annotations
 
@@ -46,7 +50,19 @@ def demo(tasks: int, cap: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ggopool", description=__doc__)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # Imported only when asked for: the demo should not pay for the bench's imports.
+        from ggopool._bench import main as bench
+
+        return bench(argv[1:])
+    if argv[:1] == ["demo"]:
+        argv = argv[1:]
+    parser = argparse.ArgumentParser(
+        prog="python -m ggopool [demo]",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-n", "--tasks", type=int, default=100_000, help="tasks to run")
     parser.add_argument("--cap", type=int, default=100, help="the pool's cap")
     args = parser.parse_args(argv)

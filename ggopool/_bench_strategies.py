@@ -1,0 +1,218 @@
+"""The ways to run a burst of tasks that the bench compares: ggopool, gevent's own, the floor."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
+from time import perf_counter
+from typing import Any
+
+import gevent
+import gevent.pool
+from gevent.event import Event
+
+import ggopool
+
+#: How long a strategy waits for its tasks before giving up. A task that was lost then shows
+#: as a short ``tasks_run`` count in the report instead of hanging the bench.
+WAIT_LIMIT = 600.0
+
+
+class Strategy(ABC):
+    """One way to run tasks: submit a burst of them, then wait until every one has run.
+
+    The bench's counting task sets ``done`` when the last of the burst finishes, so a
+    strategy with no join of its own (ggopool, spawn_raw) waits on that.
+    """
+
+    #: The name in the table and in the JSON.
+    name = ""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+
+    def burst(self, n: int, task: Callable[[], object], done: Event) -> None:
+        """Submit ``task`` n times in a tight loop, then return once all n have run.
+
+        Subclasses override this with the loop an application would write, with the
+        submitting callable in a local, so that no wrapper's cost is charged to them.
+        """
+        submit = self.submit
+        for _ in range(n):
+            submit(task)
+        self.finish(done)
+
+    def burst_stamped(
+        self, n: int, task: Callable[[int], object], done: Event, stamps: list[float]
+    ) -> None:
+        """Submit ``task(i)`` for i in range(n), noting in ``stamps[i]`` when it was submitted."""
+        submit = self.submit
+        for i in range(n):
+            stamps[i] = perf_counter()
+            submit(task, i)
+        self.finish(done)
+
+    @abstractmethod
+    def submit(self, fn: Callable[..., object], *args: Any) -> None:
+        """Submit one task."""
+
+    @abstractmethod
+    def finish(self, done: Event) -> None:
+        """Return once every task submitted so far has run (or after `WAIT_LIMIT`)."""
+
+    def running_at_once(self, n: int) -> int:
+        """How many of n tasks that block run at once; the rest wait in a queue."""
+        return n
+
+    def close(self) -> None:  # noqa: B027 - most strategies keep nothing
+        """Let go of whatever the strategy keeps between bursts."""
+
+
+class GgopoolStrategy(Strategy):
+    """``pool.go(fn)`` on one long-lived ggopool pool of the given cap (warm between bursts)."""
+
+    name = "ggopool"
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(cap)
+        self._pool = ggopool.new_pool(f"bench cap={cap}", cap)
+
+    def burst(self, n: int, task: Callable[[], object], done: Event) -> None:
+        go = self._pool.go
+        for _ in range(n):
+            go(task)
+        done.wait(WAIT_LIMIT)
+
+    def submit(self, fn: Callable[..., object], *args: Any) -> None:
+        self._pool.go(fn, *args)
+
+    def finish(self, done: Event) -> None:
+        done.wait(WAIT_LIMIT)
+
+    def running_at_once(self, n: int) -> int:
+        return min(n, self.cap)
+
+    def close(self) -> None:
+        # Lowering the cap makes the parked workers above it exit now, so they do not
+        # linger into the next strategy's measurements until their idle timeout.
+        self._pool.set_cap(1)
+
+
+class SpawnStrategy(Strategy):
+    """``gevent.spawn(fn)`` for each task, then ``gevent.joinall``: the baseline."""
+
+    name = "gevent.spawn"
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(cap)
+        self._greenlets: list[gevent.Greenlet[Any, Any]] = []
+
+    def burst(self, n: int, task: Callable[[], object], done: Event) -> None:
+        spawn = gevent.spawn
+        greenlets = [spawn(task) for _ in range(n)]
+        gevent.joinall(greenlets, timeout=WAIT_LIMIT)
+
+    def submit(self, fn: Callable[..., object], *args: Any) -> None:
+        self._greenlets.append(gevent.spawn(fn, *args))
+
+    def finish(self, done: Event) -> None:
+        greenlets, self._greenlets = self._greenlets, []
+        gevent.joinall(greenlets, timeout=WAIT_LIMIT)
+
+
+class SpawnRawStrategy(Strategy):
+    """``gevent.spawn_raw(fn)``: a raw greenlet per task, no Greenlet object, no join."""
+
+    name = "gevent.spawn_raw"
+
+    def burst(self, n: int, task: Callable[[], object], done: Event) -> None:
+        spawn_raw = gevent.spawn_raw
+        for _ in range(n):
+            spawn_raw(task)
+        done.wait(WAIT_LIMIT)
+
+    def submit(self, fn: Callable[..., object], *args: Any) -> None:
+        gevent.spawn_raw(fn, *args)
+
+    def finish(self, done: Event) -> None:
+        done.wait(WAIT_LIMIT)
+
+
+class GeventPoolStrategy(Strategy):
+    """``gevent.pool.Pool(cap).spawn(fn)``, then ``pool.join()``.
+
+    Its ``spawn`` blocks the submitter while the pool is full, where ``go()`` queues.
+    """
+
+    name = "gevent.pool.Pool"
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(cap)
+        self._pool = gevent.pool.Pool(cap)
+
+    def burst(self, n: int, task: Callable[[], object], done: Event) -> None:
+        spawn = self._pool.spawn
+        for _ in range(n):
+            spawn(task)
+        self._pool.join(timeout=WAIT_LIMIT)
+
+    def submit(self, fn: Callable[..., object], *args: Any) -> None:
+        self._pool.spawn(fn, *args)
+
+    def finish(self, done: Event) -> None:
+        self._pool.join(timeout=WAIT_LIMIT)
+
+    def running_at_once(self, n: int) -> int:
+        return min(n, self.cap)
+
+
+class FloorStrategy(Strategy):
+    """A bare ``deque.popleft()()`` loop in the caller's greenlet: the cost of the task alone.
+
+    Tasks run one after the other, so it is a floor for the cost per task, not a way to
+    run tasks that wait.
+    """
+
+    name = "deque loop (floor)"
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(cap)
+        self._queue: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
+
+    def burst(self, n: int, task: Callable[[], object], done: Event) -> None:
+        queue: deque[Callable[[], object]] = deque()
+        append = queue.append
+        for _ in range(n):
+            append(task)
+        popleft = queue.popleft
+        while queue:
+            popleft()()
+
+    def submit(self, fn: Callable[..., object], *args: Any) -> None:
+        self._queue.append((fn, args))
+
+    def finish(self, done: Event) -> None:
+        popleft = self._queue.popleft
+        while self._queue:
+            fn, args = popleft()
+            fn(*args)
+
+    def running_at_once(self, n: int) -> int:
+        return min(n, 1)
+
+
+#: Every strategy by name, in the order the report lists them.
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls
+    for cls in (
+        GgopoolStrategy,
+        SpawnStrategy,
+        SpawnRawStrategy,
+        GeventPoolStrategy,
+        FloorStrategy,
+    )
+}
+
+#: The strategy every ratio is taken against.
+BASELINE = SpawnStrategy.name
