@@ -1,0 +1,95 @@
+"""The load-test app under ``gunicorn -k gevent -w 2 --preload``: requests spread over both
+worker processes, each order's background tasks run once, and the master runs none."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import gevent
+
+from tests.deploy_helpers import (
+    WebhookReceiver,
+    audit_records,
+    client,
+    request_json,
+    running,
+    subprocess_env,
+    wait_until,
+)
+
+CLIENTS = 20
+ROUNDS = 10  # at most; the test stops sending once both workers have answered
+
+
+def test_gunicorn_preload_spreads_requests_and_runs_each_task_once(tmp_path: Path) -> None:
+    audit_file = tmp_path / "audit.jsonl"
+    with WebhookReceiver() as receiver:
+        env = subprocess_env(
+            LOADTESTS_AUDIT_FILE=str(audit_file), LOADTESTS_WEBHOOK_URL=receiver.url
+        )
+        args = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-k",
+            "gevent",
+            "-w",
+            "2",
+            "--preload",
+            "--no-control-socket",
+            "-b",
+            "127.0.0.1:0",
+            "-c",
+            "python:loadtests.gunicorn_conf",
+            "loadtests.app:app",
+        ]
+        with running(args, env) as gunicorn:
+            [listening] = gunicorn.wait_for(
+                r"Listening at: (http://127\.0\.0\.1:\d+) \((\d+)\)", timeout=20
+            )
+            url, master_pid = listening.group(1), int(listening.group(2))
+            booted = gunicorn.wait_for(r"Booting worker with pid: (\d+)", timeout=20, count=2)
+            worker_pids = {int(m.group(1)) for m in booted}
+
+            acks: list[dict[str, Any]] = []
+
+            def shopper(i: int) -> None:
+                # A connection per order: keep-alive would pin a client to one worker.
+                http = client(url)
+                try:
+                    status, ack = request_json(http, "POST", "/orders", {"sku": "G", "qty": 1})
+                    assert status == 202, ack
+                    acks.append(ack)
+                finally:
+                    http.close()
+
+            for _ in range(ROUNDS):
+                gevent.joinall([gevent.spawn(shopper, i) for i in range(CLIENTS)], raise_error=True)
+                if {ack["pid"] for ack in acks} == worker_pids:
+                    break
+            ids = {ack["order_id"] for ack in acks}
+
+            def all_done() -> bool:
+                audited = [r for r in audit_records(audit_file) if r["event"] == "order"]
+                return sum(receiver.received.values()) >= len(ids) and len(audited) >= len(ids)
+
+            wait_until(all_done, timeout=20, what="every order's notification and audit")
+            # Once every process has exited nothing more can be sent or written: a task
+            # run twice would be in the counts read after this.
+            gunicorn.stop()
+            assert gunicorn.popen.returncode == 0, gunicorn.output
+            records = audit_records(audit_file)
+
+    assert {ack["pid"] for ack in acks} == worker_pids, "requests did not reach both workers"
+    assert master_pid not in worker_pids
+    assert len(ids) == len(acks)
+    assert receiver.received == dict.fromkeys(ids, 1)
+    assert set(receiver.senders) == worker_pids
+    orders = [r["order_id"] for r in records if r["event"] == "order"]
+    assert sorted(orders) == sorted(ids)
+    # The post_fork hook queued one warm-up per worker; the master, which imported the
+    # app (--preload) but serves nothing, queued and ran none.
+    warmups = sorted(r["pid"] for r in records if r["event"] == "warmup")
+    assert warmups == sorted(worker_pids)
