@@ -1,0 +1,189 @@
+"""Locust against the load-test app, headless and distributed, with `ggopool.locust`.
+
+Locust runs in subprocesses only: ``import locust`` monkey-patches the process it runs in.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from gevent import subprocess
+
+from tests.deploy_helpers import Proc, free_port, running, start_app, subprocess_env
+
+LOCUST = [sys.executable, "-m", "locust"]
+COUNTS = r"(\d+) submitted, (\d+) run, (\d+) failed, (\d+) peak workers"
+
+
+def headless(locustfile: str, url: str, run_time: str, *extra: str) -> list[str]:
+    return [
+        *LOCUST,
+        "-f",
+        locustfile,
+        "--headless",
+        "-u",
+        "10",
+        "-r",
+        "10",
+        "-t",
+        run_time,
+        "-H",
+        url,
+        "--only-summary",
+        "--exit-code-on-error",
+        "3",
+        *extra,
+    ]
+
+
+def entries(json_file: Path) -> dict[str, dict[str, Any]]:
+    stats = json.loads(json_file.with_suffix(".json").read_text())
+    return {entry["name"]: entry for entry in stats}
+
+
+def counts(output: str, pattern: str) -> list[tuple[int, int, int, int]]:
+    found = re.findall(pattern + COUNTS, output)
+    return [(int(a), int(b), int(c), int(d)) for a, b, c, d in found]
+
+
+def test_importing_ggopool_does_not_import_locust() -> None:
+    check = "import sys, ggopool; print(sorted(m for m in sys.modules if m.startswith('locust')))"
+    out = subprocess.run(
+        [sys.executable, "-c", check],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_headless_run_has_no_failures_and_counts_the_fanned_out_assets(tmp_path: Path) -> None:
+    app, url = start_app()
+    try:
+        json_file = tmp_path / "stats"
+        locust = Proc(headless("loadtests/locustfile.py", url, "4s", "--json-file", str(json_file)))
+        try:
+            code = locust.wait(timeout=40)
+        finally:
+            locust.stop()
+    finally:
+        app.stop()
+    assert code == 0, locust.output
+    stats = entries(json_file)
+    assert {name: e["num_failures"] for name, e in stats.items()} == dict.fromkeys(
+        ["/", "/assets/[name]", "/dashboard", "/orders"], 0
+    ), locust.output
+    pages, assets = stats["/"]["num_requests"], stats["/assets/[name]"]["num_requests"]
+    assert pages > 0
+    # Every page's six assets went through the tracked pool, and every task is counted.
+    [(submitted, run, failed, peak)] = counts(locust.output, r"ggopool pool 'assets': ")
+    assert submitted == run == assets == 6 * pages
+    assert failed == 0
+    assert 1 <= peak <= 32
+
+
+FAILING_LOCUSTFILE = """
+    import ggopool
+    from locust import User, constant, task
+    from ggopool.locust import track
+
+    jobs = track(ggopool.new_pool("jobs", 4))
+
+    def boom():
+        raise ZeroDivisionError("boom")
+
+    class Worker(User):
+        wait_time = constant(0.5)
+
+        @task
+        def work(self):
+            jobs.go(boom)
+"""
+
+
+def test_a_pool_task_that_raises_fails_the_run(tmp_path: Path) -> None:
+    locustfile = tmp_path / "failing.py"
+    locustfile.write_text(textwrap.dedent(FAILING_LOCUSTFILE))
+    locust = Proc(headless(str(locustfile), "http://127.0.0.1:9", "2s"))
+    try:
+        code = locust.wait(timeout=30)
+    finally:
+        locust.stop()
+    assert code == 3, locust.output
+    assert "task boom of pool 'jobs' failed: ZeroDivisionError('boom')" in locust.output
+    assert 'raise ZeroDivisionError("boom")' in locust.output  # the traceback
+    [(submitted, run, failed, _)] = counts(locust.output, r"ggopool pool 'jobs': ")
+    assert submitted == run == failed > 0
+
+
+def distributed(locustfile: str, url: str, *extra: str) -> tuple[int, Proc, Proc, Proc]:
+    """A headless master and two workers on 127.0.0.1; the master's exit code and the
+    three processes, all exited."""
+    port = str(free_port())
+    master_args = headless(
+        locustfile,
+        url,
+        "3s",
+        "--master",
+        "--master-bind-host",
+        "127.0.0.1",
+        "--master-bind-port",
+        port,
+        "--expect-workers",
+        "2",
+        "--expect-workers-max-wait",
+        "20",
+        *extra,
+    )
+    worker_args = [*LOCUST, "-f", locustfile, "--worker", "--master-host", "127.0.0.1"]
+    worker_args += ["--master-port", port]
+    with running(master_args) as master, running(worker_args) as w1, running(worker_args) as w2:
+        code = master.wait(timeout=45)
+        w1.wait(timeout=10)
+        w2.wait(timeout=10)
+    return code, master, w1, w2
+
+
+def test_distributed_master_sums_the_workers_pool_counts(tmp_path: Path) -> None:
+    json_file = tmp_path / "stats"
+    app, url = start_app()
+    try:
+        # Only the fan-out user, so that both workers run it.
+        code, master, w1, w2 = distributed(
+            "loadtests/locustfile.py", url, "--json-file", str(json_file), "Browser"
+        )
+    finally:
+        app.stop()
+    assert code == 0, master.output
+    [first] = counts(w1.output, r"ggopool pool 'assets': ")
+    [second] = counts(w2.output, r"ggopool pool 'assets': ")
+    [total] = counts(master.output, r"ggopool pool 'assets', sum over 2 workers: ")
+    # Both workers fanned out.
+    assert first[1] > 0
+    assert second[1] > 0
+    assert total == tuple(a + b for a, b in zip(first, second, strict=True))
+    assert total[2] == 0
+    stats = entries(json_file)
+    assert stats["/assets/[name]"]["num_failures"] == 0
+    assert stats["/assets/[name]"]["num_requests"] == total[1] == 6 * stats["/"]["num_requests"]
+
+
+def test_distributed_a_pool_task_that_raises_on_a_worker_fails_the_run(tmp_path: Path) -> None:
+    locustfile = tmp_path / "failing.py"
+    locustfile.write_text(textwrap.dedent(FAILING_LOCUSTFILE))
+    code, master, w1, w2 = distributed(str(locustfile), "http://127.0.0.1:9")
+    assert code == 3, master.output
+    # Each worker logged its tasks' failures; the master got them as Locust exceptions.
+    for worker in (w1, w2):
+        assert "task boom of pool 'jobs' failed" in worker.output
+    [(submitted, run, failed, _)] = counts(
+        master.output, r"ggopool pool 'jobs', sum over 2 workers: "
+    )
+    assert submitted == run == failed > 0
