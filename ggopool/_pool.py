@@ -109,6 +109,8 @@ class Pool:
         self._config = config
         self._threshold = config.scale_threshold
         self._threshold_slots = SLOTS * config.scale_threshold
+        # The same threshold, against the queue's length before a task's slots are added.
+        self._threshold_slots_before = self._threshold_slots - SLOTS
         self._idle_timeout = config.idle_timeout
         self._max_pending = config.max_pending
         self._panic_handler: PanicHandler | None = None
@@ -126,10 +128,14 @@ class Pool:
         # path).
         self._limit = sys.maxsize if self._max_pending is None else SLOTS * self._max_pending
         self._closed = False
-        # Live workers, running or parked; and how many of those are parked and not yet
-        # granted a wake-up. Workers that are awake: _workers - _idle.
+        # Live workers, running or parked; how many of those are parked and not yet
+        # granted a wake-up; and how many are awake (woken or new) but not yet back in
+        # their loop. Workers that are awake: _workers - _idle. Workers inside a task:
+        # _workers - _idle - _starting, because a worker in its loop yields only inside
+        # a task (see _running).
         self._workers = 0
         self._idle = 0
+        self._starting = 0
         self._greenlets: set[Greenlet] = set()
         # The gevent Semaphore that parked workers wait on. Its counter is the number of
         # wake-ups granted by the spawn rule and not yet taken. A wake-up costs one
@@ -240,13 +246,14 @@ class Pool:
             self._hand_over(contextvars.copy_context(), fn, args, kwargs)
             return
         tasks = self._tasks
-        if len(tasks) >= self._limit:
-            self._wait_for_room()
+        queued = len(tasks)
+        if queued >= self._limit:
+            queued = self._wait_for_room()
         tasks.extend((contextvars.copy_context(), fn, args, kwargs or NO_KWARGS))
         self._submitted += 1
         # gopool's spawn rule (see _should_add_worker), inlined: go() is the hot path.
         awake = self._workers - self._idle
-        if (len(tasks) >= self._threshold_slots and awake < self._cap) or awake == 0:
+        if (queued >= self._threshold_slots_before and awake < self._cap) or awake == 0:
             self._add_worker()
 
     def ctx_go(
@@ -342,13 +349,17 @@ class Pool:
         if self._should_add_worker():
             self._add_worker()
 
-    def _wait_for_room(self) -> None:
-        """go()'s slow path: the queue is at its limit, or the pool is closed."""
+    def _wait_for_room(self) -> int:
+        """go()'s slow path: the queue is at its limit, or the pool is closed.
+
+        Returns the queue's length once there is room.
+        """
         while True:
             if self._closed:
                 self._refuse_closed()
-            if len(self._tasks) < self._limit:
-                return
+            queued = len(self._tasks)
+            if queued < self._limit:
+                return queued
             current = getcurrent()
             if current is self._hub or current in self._greenlets:
                 self._counts.rejected += 1
@@ -401,7 +412,7 @@ class Pool:
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until nothing is queued or running; False if ``timeout`` passed first."""
-        if self._unfinished() == 0:
+        if self._is_quiet():
             return True
         if self._quiet is None:
             self._quiet = Event()
@@ -477,23 +488,34 @@ class Pool:
         """Tasks queued and not yet started (cancelled ones excluded)."""
         return len(self._tasks) // SLOTS - self._counts.cancelled_queued
 
-    def _unfinished(self) -> int:
-        counts = self._counts
-        return self._submitted - counts.finished - counts.dropped
+    def _running(self) -> int:
+        """Tasks started and not finished: the workers inside a task.
+
+        Seen from any greenlet but a worker's own, a worker that is awake and back in its
+        loop is inside a task, because between two tasks it never yields.
+        """
+        return self._workers - self._idle - self._starting
+
+    def _is_quiet(self) -> bool:
+        return not self._tasks and self._running() == 0
 
     def stats(self) -> PoolStats:
         """A snapshot of the pool's counts; see `PoolStats`."""
         counts = self._counts
         queued = len(self._tasks) // SLOTS
+        running = self._running()
+        # Every accepted task was dropped by kill(), is queued, is running, or has
+        # finished (returned, raised, or was skipped because it was cancelled).
+        finished = self._submitted - counts.dropped - queued - running
         return PoolStats(
             name=self._name,
             cap=self._cap,
             workers=self._workers,
             idle=self._idle,
-            running=self._unfinished() - queued,
+            running=running,
             pending=queued - counts.cancelled_queued,
             submitted=self._submitted,
-            completed=counts.finished - counts.failed - counts.skipped,
+            completed=finished - counts.failed - counts.skipped,
             failed=counts.failed,
             cancelled=counts.cancelled,
             rejected=counts.rejected,
@@ -514,9 +536,11 @@ class Pool:
         # checks and increments separately across goroutines and overshoots; gopkg #231.)
         if self._idle:
             self._idle -= 1
+            self._starting += 1
             self._wakeups.release()
         elif self._workers < self._cap:
             self._workers += 1
+            self._starting += 1
             self._greenlets.add(spawn_raw(work, self))
 
     def _retire_parked(self, n: int) -> None:
@@ -542,6 +566,6 @@ class Pool:
 
     def _check_quiet(self) -> None:
         quiet = self._quiet
-        if quiet is not None and self._unfinished() == 0:
+        if quiet is not None and self._is_quiet():
             self._quiet = None
             quiet.set()

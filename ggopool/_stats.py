@@ -6,7 +6,11 @@ from dataclasses import dataclass
 
 
 class Counts:
-    """Counters the workers and task handles update as tasks end.
+    """Counters of the rarer outcomes, updated as they happen.
+
+    Nothing here is touched for a task that simply runs: how many tasks finished is
+    derived from the pool's other counts (see `Pool._running`), which keeps the worker
+    loop free of per-task bookkeeping.
 
     They live in an object of their own, bound by each worker when it starts, so that a
     forked child can give its pools fresh counts while workers inherited from the parent
@@ -18,13 +22,11 @@ class Counts:
         "cancelled_queued",
         "dropped",
         "failed",
-        "finished",
         "rejected",
         "skipped",
     )
 
     def __init__(self) -> None:
-        self.finished = 0  # entries a worker took off the queue and ran (or skipped)
         self.failed = 0  # tasks that raised
         self.skipped = 0  # cancelled entries a worker took off the queue and did not run
         self.cancelled = 0  # tasks cancelled before they started

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from greenlet import GreenletExit, getcurrent
 
@@ -21,6 +22,7 @@ def work(pool: Pool) -> None:
     """
     me = getcurrent()
     generation = pool._generation
+    pool._starting -= 1
     try:
         _run(pool, generation)
     except GreenletExit:
@@ -35,38 +37,43 @@ def work(pool: Pool) -> None:
 def _run(pool: Pool, generation: int) -> None:
     tasks = pool._tasks
     popleft = tasks.popleft
+    # Only a pool with max_pending has greenlets to wake when a task leaves its queue; the
+    # others take the first slot with a plain popleft and pay nothing for the feature.
+    take = popleft if pool._max_pending is None else _making_room(pool, popleft)
     counts = pool._counts
     while True:
         # Runs until the queue is empty, then parks on the pool's free list.
         while tasks:
             # The four slots of one task (see SLOTS in _pool.py).
-            ctx = popleft()
+            ctx = take()
             fn = popleft()
             args = popleft()
             kwargs = popleft()
-            if pool._blocked:
-                pool._room.release()  # someone waits in go() for room under max_pending
             try:
                 ctx.run(fn, *args, **kwargs)
             except GreenletExit:
-                counts.finished += 1
                 raise
             except BaseException as exc:  # noqa: BLE001 - no task may end its worker
-                counts.finished += 1
                 counts.failed += 1
                 report_failure(pool, ctx, fn, exc)
-            else:
-                counts.finished += 1
             if pool._workers > pool._cap and pool._generation == generation:
                 # The cap was lowered while this task ran: leave now that it is done.
                 pool._workers -= 1
                 return
         # Don't keep the last task's callable, arguments and context alive while parked.
         ctx = fn = args = kwargs = None
-        if pool._quiet is not None:
-            pool._check_quiet()
         if not _park(pool, generation):
             return
+
+
+def _making_room(pool: Pool, popleft: Callable[[], Any]) -> Callable[[], Any]:
+    def take() -> Any:
+        # One task's worth of room is made: wake a greenlet waiting in go() for it.
+        if pool._blocked:
+            pool._room.release()
+        return popleft()
+
+    return take
 
 
 def _park(pool: Pool, generation: int) -> bool:
@@ -79,6 +86,8 @@ def _park(pool: Pool, generation: int) -> bool:
         return False
     wakeups = pool._wakeups
     pool._idle += 1
+    if pool._quiet is not None:
+        pool._check_quiet()  # this worker no longer counts as running: maybe nothing does
     try:
         woken = wakeups.acquire(timeout=timeout)
     except GreenletExit:
@@ -91,6 +100,8 @@ def _park(pool: Pool, generation: int) -> bool:
             elif pool._retiring:
                 pool._retiring -= 1
                 pool._workers += 1  # already uncounted by _retire_parked
+            else:
+                pool._starting -= 1
         raise
     if pool._generation != generation:
         return False
@@ -107,4 +118,5 @@ def _park(pool: Pool, generation: int) -> bool:
         # already been uncounted.
         pool._retiring -= 1
         return False
+    pool._starting -= 1
     return True
