@@ -1,0 +1,165 @@
+"""Real OS threads handing tasks to a pool's hub thread, and real forks under monkey-patching."""
+
+from __future__ import annotations
+
+import contextvars
+import subprocess
+import sys
+import textwrap
+import threading
+
+import gevent
+from gevent.event import Event
+from gevent.monkey import get_original
+
+import ggopool
+
+real_get_ident = get_original("_thread", "get_ident")
+
+
+def test_four_threads_submit_40000_tasks_all_run_once_on_the_hub_thread() -> None:
+    pool = ggopool.new_pool("threads", 8)
+    per_thread = 10_000
+    runs = bytearray(4 * per_thread)
+    idents: set[int] = set()
+    remaining = len(runs)
+    done = Event()
+
+    def task(i: int) -> None:
+        nonlocal remaining
+        runs[i] += 1
+        idents.add(real_get_ident())
+        remaining -= 1
+        if not remaining:
+            done.set()
+
+    def submitter(t: int) -> None:
+        for i in range(t * per_thread, (t + 1) * per_thread):
+            pool.go(task, i)
+
+    threads = [threading.Thread(target=submitter, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    assert done.wait(60)  # the main thread runs the hub while the threads submit
+    for t in threads:
+        t.join(10)
+    assert runs == bytearray(b"\x01") * len(runs)
+    assert idents == {real_get_ident()}
+    assert pool.worker_count() <= 8
+    assert pool.stats().submitted == len(runs)
+
+
+def test_module_functions_and_submit_work_from_another_thread() -> None:
+    got: list[tuple[str, int]] = []
+    done = Event()
+    handles: list[ggopool.Task[int]] = []
+
+    def record(what: str) -> None:
+        got.append((what, real_get_ident()))
+        if len(got) == 3:
+            done.set()
+
+    def spawned() -> int:
+        record("spawn")
+        return 42
+
+    def other_thread() -> None:
+        ggopool.go(record, "go")
+        ggopool.ctx_go(contextvars.Context(), record, "ctx_go")
+        handles.append(ggopool.spawn(spawned))
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    assert done.wait(10)
+    t.join(10)
+    assert sorted(w for w, _ in got) == ["ctx_go", "go", "spawn"]
+    assert {ident for _, ident in got} == {real_get_ident()}
+    assert handles[0].get(timeout=5) == 42
+
+
+def test_set_cap_from_another_thread_is_applied_on_the_pool_thread() -> None:
+    pool = ggopool.new_pool("threads", 2)
+    t = threading.Thread(target=pool.set_cap, args=(5,))
+    t.start()
+    t.join(10)
+    with gevent.Timeout(5):
+        while pool.cap != 5:
+            gevent.sleep(0.001)
+    assert pool.cap == 5
+
+
+FORK_SCRIPT = textwrap.dedent(
+    """
+    from gevent import monkey
+    monkey.patch_all()
+
+    import os, sys
+    import gevent
+    from gevent.event import Event
+    import ggopool
+
+    log_path = sys.argv[1]
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+    def record(name):
+        os.write(log, f"{os.getpid()} {name}\\n".encode())
+
+    gate = Event()
+    pool = ggopool.new_pool("fork", 4)
+
+    def running(i):
+        gate.wait()
+        record(f"parent-running-{i}")
+
+    for i in range(4):
+        pool.go(running, i)
+    for i in range(10):
+        pool.go(record, f"parent-queued-{i}")
+    gevent.idle()
+    assert pool.worker_count() == 4 and pool.task_count() == 10, pool
+
+    pid = os.fork()
+    if pid == 0:
+        ok = pool.task_count() == 0 and pool.worker_count() == 0
+        done = Event()
+        left = [20]
+        def child_task(i):
+            record(f"child-{i}")
+            left[0] -= 1
+            if not left[0]:
+                done.set()
+        for i in range(20):
+            pool.go(child_task, i)
+        ok = ok and done.wait(20) and pool.join(5)
+        gevent.sleep(0.05)  # room for any inherited work that wrongly ran to show up in the log
+        os._exit(0 if ok else 3)
+
+    gate.set()
+    assert pool.join(20)
+    _, status = os.waitpid(pid, 0)
+    print("child", pid, "status", status)
+    """
+)
+
+
+def test_fork_child_starts_empty_and_runs_only_its_own_tasks(tmp_path: object) -> None:
+    log = f"{tmp_path}/runs.log"
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, log],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    child_pid = int(out.stdout.split()[1])
+    assert out.stdout.split()[3] == "0", out.stdout
+    with open(log) as f:
+        lines = [line.split() for line in f]
+    names = [name for _, name in lines]
+    assert len(names) == len(set(names)), "a task ran twice"
+    parent = {name for pid, name in lines if int(pid) != child_pid}
+    child = {name for pid, name in lines if int(pid) == child_pid}
+    assert parent == {f"parent-running-{i}" for i in range(4)} | {
+        f"parent-queued-{i}" for i in range(10)
+    }
+    assert child == {f"child-{i}" for i in range(20)}
