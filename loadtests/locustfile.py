@@ -63,6 +63,9 @@ def gather(pool: TrackedPool, fn: Callable[[T], object], items: Sequence[T]) -> 
 
 
 class Shopper(FastHttpUser):
+    # Not 1: with equal weights Locust hands users out B, S, B, S... round the workers, so
+    # with two workers one would run every Browser and the other none.
+    weight = 2
     host = "http://127.0.0.1:8000"
     wait_time = between(0.05, 0.2)
 

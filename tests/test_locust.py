@@ -187,3 +187,15 @@ def test_distributed_a_pool_task_that_raises_on_a_worker_fails_the_run(tmp_path:
         master.output, r"ggopool pool 'jobs', sum over 2 workers: "
     )
     assert submitted == run == failed > 0
+
+
+def test_loadtests_run_starts_the_app_runs_locust_and_prints_the_summary() -> None:
+    run = Proc([sys.executable, "-m", "loadtests.run", "--users", "4", "--run-time", "2"])
+    try:
+        code = run.wait(timeout=45)
+    finally:
+        run.stop()
+    assert code == 0, run.output
+    assert re.search(r"Aggregated\s+\d+\s+0\(0\.00%\)", run.output), run.output
+    assert "ggopool pool 'assets': " in run.output
+    assert "loadtests.app stopped" in run.output
