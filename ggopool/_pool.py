@@ -411,9 +411,17 @@ class Pool:
     # -- lifecycle ---------------------------------------------------------------------
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until nothing is queued or running; False if ``timeout`` passed first."""
+        """Wait until nothing is queued or running; False if ``timeout`` passed first.
+
+        Called from one of the pool's own tasks it would wait for itself: RuntimeError.
+        """
         if self._is_quiet():
             return True
+        if getcurrent() in self._greenlets:
+            raise RuntimeError(
+                f"cannot join pool {self._name!r} from one of its own tasks: "
+                "it would wait for itself"
+            )
         if self._quiet is None:
             self._quiet = Event()
         return bool(self._quiet.wait(timeout))

@@ -44,6 +44,9 @@ class Task(Generic[T]):
       killed ``gevent.Greenlet``) and the worker goes on with the next task.
     * ``rawlink``/``unlink`` make a task usable with ``gevent.wait`` and
       ``gevent.joinall``.
+    * Threads: a task belongs to its pool's thread, like the ``AsyncResult`` it wraps;
+      wait on it, cancel it and kill it from there. A thread that hands work to a pool
+      and needs the result back should use a thread-safe queue.
     """
 
     __slots__ = (

@@ -526,3 +526,17 @@ def test_stats_counts_every_outcome(hub_errors: HubErrors) -> None:
     assert [t for _, t, _ in hub_errors.take()] == [ValueError]  # the go() one only
     with pytest.raises(AttributeError):
         s.cap = 3  # type: ignore[misc]
+
+
+def test_join_from_one_of_its_own_tasks_is_a_runtime_error() -> None:
+    pool = ggopool.new_pool("t", 2)
+
+    def joins_its_own_pool() -> None:
+        pool.join()
+
+    task = pool.submit(joins_its_own_pool)
+    with pytest.raises(
+        RuntimeError,
+        match=r"^cannot join pool 't' from one of its own tasks: it would wait for itself$",
+    ):
+        task.get(timeout=5)
