@@ -24,7 +24,7 @@ from ggopool._errors import PoolClosed, PoolFull
 from ggopool._panic import PanicHandler
 from ggopool._stats import Counts, PoolStats
 from ggopool._task import Task
-from ggopool._worker import work
+from ggopool._worker import RETIRE, WORK, work
 
 if TYPE_CHECKING:
     from ggopool._group import TaskGroup
@@ -123,34 +123,27 @@ class Pool:
     def _reset(self) -> None:
         """The state of a new pool; also what a forked child starts from."""
         self._tasks: deque[Any] = deque()  # SLOTS entries per task
-        # go() takes its slow path when len(tasks) reaches this: max_pending tasks when
-        # set, -1 once closed (so a closed pool refuses with no second check on the hot
-        # path).
-        self._limit = sys.maxsize if self._max_pending is None else SLOTS * self._max_pending
+        # go() takes its slow path, _admit, when len(tasks) reaches this: never for an
+        # open unbounded pool, always for a bounded one (0) or a closed one (-1), so the
+        # hot path pays one comparison for both features.
+        self._limit = sys.maxsize if self._max_pending is None else 0
         self._closed = False
-        # Live workers, running or parked; how many of those are parked and not yet
-        # granted a wake-up; and how many are awake (woken or new) but not yet back in
-        # their loop. Workers that are awake: _workers - _idle. Workers inside a task:
-        # _workers - _idle - _starting, because a worker in its loop yields only inside
-        # a task (see _running).
+        # Live workers, running or parked; the free list of parked workers; and how many
+        # are awake (woken or new) but not yet back in their loop. Workers that are
+        # awake: _workers - len(_parked). Workers inside a task: those minus _starting,
+        # because a worker in its loop yields only inside a task (see _running).
         self._workers = 0
-        self._idle = 0
+        self._parked: list[Greenlet] = []  # LIFO: the longest parked expire first
         self._starting = 0
         self._greenlets: set[Greenlet] = set()
-        # The gevent Semaphore that parked workers wait on. Its counter is the number of
-        # wake-ups granted by the spawn rule and not yet taken. A wake-up costs one
-        # release and one acquire; a task queued while workers are busy costs nothing,
-        # because a running worker takes the next task straight off the deque. Any
-        # parked worker may take any wake-up: the rule only asks that one more runs.
-        self._wakeups = Semaphore(0)
-        # Wake-ups granted to retire parked workers (set_cap, close): whoever takes one
-        # exits; the count was already lowered.
-        self._retiring = 0
-        # Greenlets waiting in go()/submit() for room under max_pending, and the
-        # Semaphore they wait on; a worker releases it when it takes a task off a queue
-        # that someone is waiting to add to.
-        self._blocked = 0
-        self._room = Semaphore(0)
+        # The gevent Semaphore that guards a bounded task list: its counter is the number
+        # of free slots under max_pending. go() takes one (waiting cooperatively when
+        # there is none) and a worker gives one back as it takes a task off the list.
+        # An unbounded pool has none: under gevent the list itself needs no lock, as
+        # nothing yields while it is touched. (As the channel that wakes parked workers
+        # it cost more than gevent.spawn itself for one task at a time: see the README.)
+        self._slots = None if self._max_pending is None else Semaphore(self._max_pending)
+        self._blocked = 0  # greenlets waiting in go()/submit() for a slot
         self._quiet: Event | None = None  # set when nothing is queued or running (join)
         self._exited: Event | None = None  # set when a worker ends (kill)
         self._submitted = 0
@@ -162,16 +155,16 @@ class Pool:
         # worker inherited mid-task finds nothing more to run here. Wake the inherited
         # parked workers so that they see the new generation and exit.
         self._tasks.clear()
-        wakeups, parked = self._wakeups, self._idle
+        parked = self._parked
         self._reset()
-        for _ in range(parked):
-            wakeups.release()
+        for worker in parked:
+            self._hub.loop.run_callback(worker.switch, RETIRE)
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""
         return (
             f"<ggopool.Pool {self._name!r} cap={self._cap} workers={self._workers} "
-            f"idle={self._idle} queued={len(self._tasks) // SLOTS}{state}>"
+            f"idle={len(self._parked)} queued={len(self._tasks) // SLOTS}{state}>"
         )
 
     @property
@@ -248,11 +241,11 @@ class Pool:
         tasks = self._tasks
         queued = len(tasks)
         if queued >= self._limit:
-            queued = self._wait_for_room()
+            queued = self._admit()
         tasks.extend((contextvars.copy_context(), fn, args, kwargs or NO_KWARGS))
         self._submitted += 1
         # gopool's spawn rule (see _should_add_worker), inlined: go() is the hot path.
-        awake = self._workers - self._idle
+        awake = self._workers - len(self._parked)
         if (queued >= self._threshold_slots_before and awake < self._cap) or awake == 0:
             self._add_worker()
 
@@ -287,9 +280,11 @@ class Pool:
             return True
         if self._closed:
             self._refuse_closed()
-        if len(self._tasks) >= self._limit:
-            self._counts.rejected += 1
-            return False
+        if self._slots is not None:
+            if not self._slots.acquire(blocking=False):
+                self._counts.rejected += 1
+                return False
+            self._slots.release()  # _queue takes it again, without waiting
         self._queue(contextvars.copy_context(), fn, args, kwargs)
         return True
 
@@ -317,7 +312,7 @@ class Pool:
             return
         tasks = self._tasks
         if len(tasks) >= self._limit:
-            self._wait_for_room()
+            self._admit()
         tasks.extend((ctx, fn, args, kwargs or NO_KWARGS))
         self._submitted += 1
         if self._should_add_worker():
@@ -342,24 +337,39 @@ class Pool:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        # Runs in the hub. The caller's thread was told it was accepted, so no limit
-        # applies now: a thread cannot wait for room cooperatively.
+        # Runs in the hub. The caller's thread was told the task was accepted, so it is
+        # never refused now (not even by a close() since): in a bounded pool with no
+        # free slot, a greenlet waits for one on its behalf.
+        if self._slots is not None and not self._slots.acquire(blocking=False):
+            spawn_raw(self._admit_handed_over, ctx, fn, args, kwargs)
+            return
         self._tasks.extend((ctx, fn, args, kwargs or NO_KWARGS))
         self._submitted += 1
         if self._should_add_worker():
             self._add_worker()
 
-    def _wait_for_room(self) -> int:
-        """go()'s slow path: the queue is at its limit, or the pool is closed.
+    def _admit_handed_over(
+        self,
+        ctx: contextvars.Context,
+        fn: Callable[..., object],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        assert self._slots is not None
+        self._slots.acquire()
+        self._tasks.extend((ctx, fn, args, kwargs or NO_KWARGS))
+        self._submitted += 1
+        if self._should_add_worker():
+            self._add_worker()
 
-        Returns the queue's length once there is room.
-        """
-        while True:
-            if self._closed:
-                self._refuse_closed()
-            queued = len(self._tasks)
-            if queued < self._limit:
-                return queued
+    def _admit(self) -> int:
+        """go()'s slow path, for a bounded or closed pool: take a free slot, waiting for
+        one if need be. Returns the queue's length once admitted."""
+        if self._closed:
+            self._refuse_closed()
+        slots = self._slots
+        assert slots is not None  # only a bounded pool's _limit sends go() here
+        if not slots.acquire(blocking=False):
             current = getcurrent()
             if current is self._hub or current in self._greenlets:
                 self._counts.rejected += 1
@@ -370,9 +380,13 @@ class Pool:
                 )
             self._blocked += 1
             try:
-                self._room.acquire()
+                slots.acquire()
             finally:
                 self._blocked -= 1
+            if self._closed:
+                slots.release()
+                self._refuse_closed()
+        return len(self._tasks)
 
     def _refuse_closed(self) -> None:
         self._counts.rejected += 1
@@ -434,9 +448,10 @@ class Pool:
             return
         self._closed = True
         self._limit = -1
-        self._retire_parked(self._idle)
-        for _ in range(self._blocked):
-            self._room.release()  # so that greenlets waiting for room raise PoolClosed
+        self._retire_parked(len(self._parked))
+        if self._slots is not None:
+            for _ in range(self._blocked):
+                self._slots.release()  # each waiter wakes, gives it back, raises PoolClosed
 
     def kill(self, timeout: float | None = None) -> bool:
         """Cancel every queued task and kill every worker (running ones get
@@ -456,10 +471,12 @@ class Pool:
                 counts.cancelled_queued -= 1
             else:
                 counts.cancelled += 1
-        counts.dropped += len(tasks) // SLOTS
+        dropped = len(tasks) // SLOTS
+        counts.dropped += dropped
         tasks.clear()
-        for _ in range(self._blocked):
-            self._room.release()
+        if self._slots is not None:
+            for _ in range(dropped):
+                self._slots.release()
         greenlets = list(self._greenlets)
         for worker in greenlets:
             # Scheduled after the callbacks that start new workers, so each has started.
@@ -502,7 +519,7 @@ class Pool:
         Seen from any greenlet but a worker's own, a worker that is awake and back in its
         loop is inside a task, because between two tasks it never yields.
         """
-        return self._workers - self._idle - self._starting
+        return self._workers - len(self._parked) - self._starting
 
     def _is_quiet(self) -> bool:
         return not self._tasks and self._running() == 0
@@ -519,7 +536,7 @@ class Pool:
             name=self._name,
             cap=self._cap,
             workers=self._workers,
-            idle=self._idle,
+            idle=len(self._parked),
             running=running,
             pending=queued - counts.cancelled_queued,
             submitted=self._submitted,
@@ -533,7 +550,7 @@ class Pool:
 
     def _should_add_worker(self) -> bool:
         """gopool's rule, evaluated after a task is queued: should one more worker run?"""
-        awake = self._workers - self._idle
+        awake = self._workers - len(self._parked)
         return (len(self._tasks) >= self._threshold_slots and awake < self._cap) or awake == 0
 
     def _add_worker(self) -> None:
@@ -542,10 +559,11 @@ class Pool:
         # pool's own thread touches them, so no other greenlet can run in between: two
         # go() calls can never both see room for the last worker below the cap. (gopool
         # checks and increments separately across goroutines and overshoots; gopkg #231.)
-        if self._idle:
-            self._idle -= 1
+        if self._parked:
+            # The most recently parked: the others' idle timers keep running, so a pool
+            # that needs fewer workers than it has lets the extra ones expire.
             self._starting += 1
-            self._wakeups.release()
+            self._hub.loop.run_callback(self._parked.pop().switch, WORK)
         elif self._workers < self._cap:
             self._workers += 1
             self._starting += 1
@@ -553,12 +571,10 @@ class Pool:
 
     def _retire_parked(self, n: int) -> None:
         """Make up to ``n`` parked workers exit now; they are uncounted at once."""
-        retiring = min(n, self._idle)
-        self._idle -= retiring
-        self._workers -= retiring
-        self._retiring += retiring
-        for _ in range(retiring):
-            self._wakeups.release()
+        parked = self._parked
+        for _ in range(min(n, len(parked))):
+            self._workers -= 1
+            self._hub.loop.run_callback(parked.pop(0).switch, RETIRE)
 
     def _worker_left(self, worker: Greenlet) -> None:
         """A worker has ended (it is already uncounted): keep queued tasks going and

@@ -6,11 +6,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from greenlet import GreenletExit, getcurrent
+from greenlet import greenlet as Greenlet
 
 from ggopool._panic import report_failure
 
 if TYPE_CHECKING:
     from ggopool._pool import Pool
+
+
+#: Why a parked worker was switched back to: a task for it, or leave (already uncounted).
+WORK, RETIRE, EXPIRE = "work", "retire", "expire"
 
 
 def work(pool: Pool) -> None:
@@ -37,9 +42,10 @@ def work(pool: Pool) -> None:
 def _run(pool: Pool, generation: int) -> None:
     tasks = pool._tasks
     popleft = tasks.popleft
-    # Only a pool with max_pending has greenlets to wake when a task leaves its queue; the
-    # others take the first slot with a plain popleft and pay nothing for the feature.
-    take = popleft if pool._max_pending is None else _making_room(pool, popleft)
+    # Only a bounded pool (max_pending) has a slot to give back as a task leaves its
+    # queue; the others take a task's first slot with a plain popleft and pay nothing.
+    slots = pool._slots
+    take = popleft if slots is None else _giving_back_a_slot(slots.release, popleft)
     counts = pool._counts
     while True:
         # Runs until the queue is empty, then parks on the pool's free list.
@@ -66,57 +72,58 @@ def _run(pool: Pool, generation: int) -> None:
             return
 
 
-def _making_room(pool: Pool, popleft: Callable[[], Any]) -> Callable[[], Any]:
+def _giving_back_a_slot(
+    release: Callable[[], object], popleft: Callable[[], Any]
+) -> Callable[[], Any]:
     def take() -> Any:
-        # One task's worth of room is made: wake a greenlet waiting in go() for it.
-        if pool._blocked:
-            pool._room.release()
+        release()  # may wake a greenlet waiting in go() for a slot
         return popleft()
 
     return take
 
 
 def _park(pool: Pool, generation: int) -> bool:
-    """Wait on the free list for a wake-up. True: woken for work. False: uncounted, exit."""
+    """Wait on the free list until woken. True: woken for work. False: uncounted, exit."""
     if pool._generation != generation:
         return False  # inherited across a fork: the child's pool is not ours to touch
     timeout = pool._idle_timeout
     if timeout == 0 or pool._closed:
         pool._workers -= 1
         return False
-    wakeups = pool._wakeups
-    pool._idle += 1
+    me = getcurrent()
+    pool._parked.append(me)
     if pool._quiet is not None:
         pool._check_quiet()  # this worker no longer counts as running: maybe nothing does
+    hub = pool._hub
+    timer = None
+    if timeout is not None:
+        # Not ref'd: a parked worker must not keep gevent.wait() or the loop running.
+        timer = hub.loop.timer(timeout, ref=False)
+        timer.start(_expire, pool, me, generation)
     try:
-        woken = wakeups.acquire(timeout=timeout)
+        why = hub.switch()
     except GreenletExit:
-        # Killed while parked. Become an awake worker again before work() uncounts it:
-        # either a waker already counted it awake (a wake-up is waiting; take it) or it
-        # is still counted idle.
+        # Killed while parked. Become an awake worker again before work() uncounts it.
         if pool._generation == generation:
-            if not wakeups.acquire(blocking=False):
-                pool._idle -= 1
-            elif pool._retiring:
-                pool._retiring -= 1
-                pool._workers += 1  # already uncounted by _retire_parked
+            if me in pool._parked:
+                pool._parked.remove(me)
             else:
-                pool._starting -= 1
+                pool._starting -= 1  # a wake-up was on its way
         raise
-    if pool._generation != generation:
-        return False
-    if not woken:
-        # Timed out. A wake-up granted just as the timer fired is still this worker's
-        # to take (any parked worker may take any wake-up); otherwise it leaves.
-        woken = wakeups.acquire(blocking=False)
-        if not woken:
-            pool._idle -= 1
-            pool._workers -= 1
-            return False
-    if pool._retiring:
-        # set_cap or close granted this wake-up to retire a parked worker; it has
-        # already been uncounted.
-        pool._retiring -= 1
-        return False
-    pool._starting -= 1
-    return True
+    finally:
+        if timer is not None:
+            timer.close()
+    if why is WORK:
+        pool._starting -= 1
+        return True
+    # RETIRE (set_cap, close, or a fork) or EXPIRE: already uncounted by whoever sent it.
+    return False
+
+
+def _expire(pool: Pool, worker: Greenlet, generation: int) -> None:
+    """The idle timer of a parked worker (runs in the hub)."""
+    if pool._generation != generation or worker not in pool._parked:
+        return  # woken for work (or retired) just as the timer fired
+    pool._parked.remove(worker)
+    pool._workers -= 1
+    worker.switch(EXPIRE)
