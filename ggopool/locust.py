@@ -11,7 +11,7 @@ import logging
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, ParamSpec
+from typing import Any, ParamSpec, TypeVar
 
 import gevent
 from gevent.event import Event
@@ -20,11 +20,12 @@ from locust.env import Environment
 from locust.event import EventHook, Events
 from locust.runners import MasterRunner, Runner, WorkerRunner
 
-from ggopool import FailedTask, Pool
+from ggopool import FailedTask, Pool, Task, TaskGroup
 
 __all__ = ["PoolCounts", "TrackedPool", "counts", "track"]
 
 P = ParamSpec("P")
+T = TypeVar("T")
 
 log = logging.getLogger("ggopool.locust")
 
@@ -73,6 +74,19 @@ class PoolCounts:
             f"{self.submitted} submitted, {self.run} run, {self.failed} failed, "
             f"{self.peak_workers} peak workers"
         )
+
+
+class _CountedGroup(TaskGroup):
+    def __init__(self, tracked: TrackedPool, cancel_on_error: bool) -> None:
+        super().__init__(tracked.pool, cancel_on_error)
+        self._tracked = tracked
+
+    def go(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        task = super().go(self._tracked._run, fn, args, kwargs)
+        self._tracked._queued()
+        return task  # type: ignore[return-value]  # the task's value is fn's: _run returns it
 
 
 def _counts_from(data: object) -> dict[str, PoolCounts]:
@@ -142,6 +156,15 @@ class TrackedPool:
         self._pool.ctx_go(ctx, self._run, fn, args, kwargs)
         self._queued()
 
+    def group(self, cancel_on_error: bool = False) -> TaskGroup:
+        """`ggopool.Pool.group` on the pool, counted: the fan-out a browser-like user does.
+
+        The group's tasks count like `go`'s, and, as with any group, the first failure is
+        raised by ``wait()`` (or on leaving the ``with`` block) in the Locust task that
+        waits, which Locust records as an error of that task.
+        """
+        return _CountedGroup(self, cancel_on_error)
+
     def counts(self) -> PoolCounts:
         """The counts of this process's tasks since the test started."""
         return PoolCounts(self._submitted, self._run_count, self._failed, self._peak_workers)
@@ -162,10 +185,10 @@ class TrackedPool:
 
     def _run(
         self, fn: Callable[..., object], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
+    ) -> object:
         _current_task.set(fn)
         try:
-            fn(*args, **kwargs)
+            return fn(*args, **kwargs)
         except Exception:
             self._failed += 1
             raise  # on to the pool's panic handler, `_on_panic`

@@ -1,8 +1,8 @@
 """Locust users that drive the load-test app (``loadtests/app.py``).
 
 * `Shopper` places orders and opens the dashboard (which fans out on the server).
-* `Browser` loads the page, then all its assets at once through a ggopool pool, as a
-  browser does; Locust's docs do the same with ``gevent.pool.Pool``. The pool is tracked
+* `Browser` loads the page, then all its assets at once through a group on a ggopool
+  pool, as a browser does; Locust's docs do the same with ``gevent.pool.Pool``. The pool is tracked
   by `ggopool.locust.track`, so an exception in an asset task fails the run under
   ``--exit-code-on-error`` and the pool's counts are logged when the test stops.
 
@@ -16,16 +16,11 @@ Against a fresh app, headless, printing the summary (see loadtests/README.md)::
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from typing import TypeVar
 
-from gevent.event import Event
 from locust import FastHttpUser, between, task
 
 import ggopool
-from ggopool.locust import TrackedPool, track
-
-T = TypeVar("T")
+from ggopool.locust import track
 
 #: Seconds a page waits for its assets (each request has its own timeouts too).
 ASSETS_TIMEOUT = 30.0
@@ -35,31 +30,6 @@ ASSETS_TIMEOUT = 30.0
 assets = track(ggopool.new_pool("assets", 32))
 
 _ASSET_LINK = re.compile(r'href="(/assets/[^"]+)"')
-
-
-def gather(pool: TrackedPool, fn: Callable[[T], object], items: Sequence[T]) -> None:
-    """Run ``fn(item)`` for every item on ``pool`` at once, and return when all are done.
-
-    A task that raises still counts as done here; its exception goes to the pool's panic
-    handler, which `track` set to make it a Locust error.
-    """
-    pending = len(items)
-    done = Event()
-    if not pending:
-        return
-
-    def one(item: T) -> None:
-        nonlocal pending
-        try:
-            fn(item)
-        finally:
-            pending -= 1
-            if pending == 0:
-                done.set()
-
-    for item in items:
-        pool.go(one, item)
-    done.wait(ASSETS_TIMEOUT)
 
 
 class Shopper(FastHttpUser):
@@ -94,4 +64,9 @@ class Browser(FastHttpUser):
         def fetch(path: str) -> None:
             self.client.get(path, name="/assets/[name]")
 
-        gather(assets, fetch, paths)
+        # All the assets at once, as a browser fetches them; the page is done when all are.
+        group = assets.group()
+        for path in paths:
+            group.go(fetch, path)
+        if not group.wait(ASSETS_TIMEOUT):
+            raise TimeoutError(f"assets of / not loaded in {ASSETS_TIMEOUT} s")
