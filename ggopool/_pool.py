@@ -307,13 +307,23 @@ class Pool:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
+        """What `go` does (inlined there, as it is the hot path), for the other ways in."""
         if _get_ident() != self._ident:
             self._hand_over(ctx, fn, args, kwargs)
             return
-        tasks = self._tasks
-        if len(tasks) >= self._limit:
+        if len(self._tasks) >= self._limit:
             self._admit()
-        tasks.extend((ctx, fn, args, kwargs or NO_KWARGS))
+        self._push(ctx, fn, args, kwargs)
+
+    def _push(
+        self,
+        ctx: contextvars.Context,
+        fn: Callable[..., object],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        """Append an admitted task and apply the spawn rule."""
+        self._tasks.extend((ctx, fn, args, kwargs or NO_KWARGS))
         self._submitted += 1
         if self._should_add_worker():
             self._add_worker()
@@ -343,10 +353,7 @@ class Pool:
         if self._slots is not None and not self._slots.acquire(blocking=False):
             spawn_raw(self._admit_handed_over, ctx, fn, args, kwargs)
             return
-        self._tasks.extend((ctx, fn, args, kwargs or NO_KWARGS))
-        self._submitted += 1
-        if self._should_add_worker():
-            self._add_worker()
+        self._push(ctx, fn, args, kwargs)
 
     def _admit_handed_over(
         self,
@@ -357,10 +364,7 @@ class Pool:
     ) -> None:
         assert self._slots is not None
         self._slots.acquire()
-        self._tasks.extend((ctx, fn, args, kwargs or NO_KWARGS))
-        self._submitted += 1
-        if self._should_add_worker():
-            self._add_worker()
+        self._push(ctx, fn, args, kwargs)
 
     def _admit(self) -> int:
         """go()'s slow path, for a bounded or closed pool: take a free slot, waiting for

@@ -163,3 +163,30 @@ def test_fork_child_starts_empty_and_runs_only_its_own_tasks(tmp_path: object) -
         f"parent-queued-{i}" for i in range(10)
     }
     assert child == {f"child-{i}" for i in range(20)}
+
+
+def test_tasks_handed_over_to_a_full_bounded_pool_wait_for_slots_and_all_run() -> None:
+    pool = ggopool.new_pool("threads", 1, ggopool.Config(max_pending=2))
+    gate = Event()
+    pool.go(gate.wait)
+    gevent.idle()
+    ran: list[int] = []
+
+    def submitter() -> None:
+        for i in range(10):
+            pool.go(ran.append, i)
+
+    t = threading.Thread(target=submitter)
+    t.start()
+    t.join(10)
+    assert not t.is_alive()  # the thread never waited for room
+    with gevent.Timeout(10):
+        while pool.task_count() < 2:
+            gevent.sleep(0.001)  # the hand-overs arrive through the loop's async watcher
+    assert pool.task_count() == 2  # the bound holds; the rest wait for slots
+    gate.set()
+    with gevent.Timeout(10):
+        while len(ran) < 10:
+            gevent.sleep(0.001)
+    assert sorted(ran) == list(range(10))
+    assert pool.join(5)
