@@ -42,6 +42,7 @@ class Settings:
     rounds: int
     warmup: int  # tasks per strategy in the unreported warm-up round
     tcp_tasks: int
+    tcp_rounds: int  # more than the others: a round trip's time varies more than a no-op's
     memory_tasks: int
     memory_cap: int
     latency_tasks: int
@@ -59,6 +60,7 @@ FULL = Settings(
     rounds=5,
     warmup=10_000,
     tcp_tasks=1_000,
+    tcp_rounds=9,
     memory_tasks=100_000,
     memory_cap=1_000,
     latency_tasks=100_000,
@@ -74,6 +76,7 @@ QUICK = Settings(
     rounds=3,
     warmup=2_000,
     tcp_tasks=200,
+    tcp_rounds=3,
     memory_tasks=20_000,
     memory_cap=1_000,
     latency_tasks=20_000,
@@ -129,6 +132,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=_positive, help="interleaved rounds")
     p.add_argument("--warmup", type=int, help="tasks per strategy in the warm-up round (0: none)")
     p.add_argument("--tcp-tasks", type=_positive, help="round trips per burst (tcp)")
+    p.add_argument("--tcp-rounds", type=_positive, help="interleaved rounds (tcp)")
     p.add_argument("--memory-tasks", type=_positive, help="blocked tasks (memory)")
     p.add_argument("--memory-cap", type=_positive, help="the cap for the memory workload")
     p.add_argument("--latency-tasks", type=_positive, help="the burst size (latency)")
@@ -169,8 +173,10 @@ def steps(s: Settings) -> int:
     for workload in s.workloads:
         if workload == "yield":
             total += per_burst_workload * len(s.yield_caps)
-        elif workload in ("noop", "gopool", "tcp"):
+        elif workload in ("noop", "gopool"):
             total += per_burst_workload
+        elif workload == "tcp":
+            total += (s.tcp_rounds + (1 if s.warmup else 0)) * k
         elif workload == "memory":
             total += k
         elif workload == "latency":
@@ -218,7 +224,7 @@ def run(s: Settings, argv: Sequence[str], progress: Progress) -> Results:
                 s.tcp_tasks,
                 s.cap,
                 names,
-                s.rounds,
+                s.tcp_rounds,
                 progress,
                 warmup=min(s.warmup, s.tcp_tasks),
             )

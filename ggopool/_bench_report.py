@@ -270,19 +270,20 @@ def render(results: Results) -> str:
             "Scale (no-op tasks; cost per task by burst size; x = cost / the cheapest size's)",
             "",
             _table(
-                ["n", "bursts", "strategy", "per task", "x cheapest", "tasks run"],
+                ["n", "bursts", "strategy", "per task", "of which GC", "x cheapest", "tasks run"],
                 [
                     [
                         _count(r["n"]),
                         f"{r['bursts']:,}",
                         r["strategy"],
                         _micros(r["us_per_task"]),
+                        _micros(r["gc_us_per_task"]),
                         _ratio(r["ratio_to_best"]),
                         _ran(r["tasks_run"], r["n"] * r["bursts"]),
                     ]
                     for r in results["scale"]
                 ],
-                right={0, 1, 3, 4, 5},
+                right={0, 1, 3, 4, 5, 6},
             ),
         ]
     if results["targets"]:

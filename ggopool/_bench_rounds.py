@@ -48,6 +48,7 @@ class ScaleRow(TypedDict):
     tasks_run: list[int]
     complete: bool
     us_per_task: float  # median over rounds
+    gc_us_per_task: float  # of which in the cyclic GC's collections (median over rounds)
     ratio_to_best: float  # this size's cost / the strategy's cheapest size
 
 
@@ -164,12 +165,17 @@ def scale(
     strategies = [STRATEGIES[name](cap) for name in names]
     entries: list[tuple[str, Callable[[], Sample]]] = []
     bursts = {size: max(1, tasks_per_point // size) for size in sizes}
+    in_gc: dict[str, list[float]] = {}
     for size in sizes:
         for strategy in strategies:
+            key = f"{strategy.name} n={size:,}"
+            in_gc[key] = []
             entries.append(
                 (
-                    f"{strategy.name} n={size:,}",
-                    lambda s=strategy, size=size: _repeated(s, size, bursts[size]),  # type: ignore[misc]
+                    key,
+                    lambda s=strategy, size=size, key=key: _repeated(  # type: ignore[misc]
+                        s, size, bursts[size], in_gc[key]
+                    ),
                 )
             )
     try:
@@ -182,7 +188,8 @@ def scale(
     for strategy in strategies:
         mine: list[ScaleRow] = []
         for size in sizes:
-            got = samples[f"{strategy.name} n={size:,}"]
+            key = f"{strategy.name} n={size:,}"
+            got = samples[key]
             seconds = [s for s, _ in got]
             ran = [r for _, r in got]
             total = size * bursts[size]
@@ -195,6 +202,7 @@ def scale(
                     tasks_run=ran,
                     complete=all(r == total for r in ran),
                     us_per_task=median(seconds) / total * 1e6,
+                    gc_us_per_task=median(in_gc[key]) / total * 1e6,
                     ratio_to_best=0.0,
                 )
             )
@@ -205,11 +213,29 @@ def scale(
     return rows
 
 
-def _repeated(strategy: Strategy, n: int, bursts: int) -> Sample:
+def _repeated(strategy: Strategy, n: int, bursts: int, in_gc: list[float]) -> Sample:
+    """``bursts`` bursts of n no-op tasks back to back; notes the seconds spent in the GC."""
+    gc_seconds = 0.0
+    started = 0.0
+
+    def clock(phase: str, info: dict[str, int]) -> None:
+        nonlocal gc_seconds, started
+        if phase == "start":
+            started = perf_counter()
+        else:
+            gc_seconds += perf_counter() - started
+
     seconds = 0.0
     ran = 0
-    for _ in range(bursts):
-        s, r = timed_burst(strategy, n, None)
-        seconds += s
-        ran += r
+    # The GC's share is what makes a large burst cost more per task (each full collection
+    # walks every queued task), so the table shows it beside the cost.
+    gc.callbacks.append(clock)
+    try:
+        for _ in range(bursts):
+            s, r = timed_burst(strategy, n, None)
+            seconds += s
+            ran += r
+    finally:
+        gc.callbacks.remove(clock)
+    in_gc.append(gc_seconds)
     return seconds, ran

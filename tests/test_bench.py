@@ -34,6 +34,7 @@ TINY = [
     "--warmup", "50",
     "--yield-caps", "50,10",
     "--tcp-tasks", "20",
+    "--tcp-rounds", "2",
     "--memory-tasks", "300",
     "--memory-cap", "50",
     "--latency-tasks", "300",
@@ -145,6 +146,7 @@ def test_json_memory_latency_and_scale_count_every_task(json_run: dict[str, Any]
         assert row["tasks_run"] == [1000, 1000]
         assert row["complete"] is True
         assert row["ratio_to_best"] >= 1.0
+        assert 0 <= row["gc_us_per_task"] <= row["us_per_task"]
 
 
 def test_json_targets_are_well_formed(json_run: dict[str, Any]) -> None:
