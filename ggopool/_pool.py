@@ -465,21 +465,19 @@ class Pool:
         """
         tasks = self._tasks
         counts = self._counts
+        plain = 0  # go() tasks: no handle to cancel, and their slots still held
         for fn in itertools.islice(tasks, 1, None, SLOTS):
             handle = getattr(fn, "__self__", None)
             if isinstance(handle, Task) and handle._pool is self:
-                if handle.cancelled():
-                    counts.cancelled_queued -= 1
-                    continue
-                handle.cancel()
+                handle.cancel()  # gives its slot back, unless it was cancelled before
                 counts.cancelled_queued -= 1
             else:
-                counts.cancelled += 1
-        dropped = len(tasks) // SLOTS
-        counts.dropped += dropped
+                plain += 1
+        counts.cancelled += plain
+        counts.dropped += len(tasks) // SLOTS
         tasks.clear()
         if self._slots is not None:
-            for _ in range(dropped):
+            for _ in range(plain):
                 self._slots.release()
         greenlets = list(self._greenlets)
         for worker in greenlets:

@@ -81,9 +81,14 @@ class Task(Generic[T]):
     def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self._state is not _PENDING:
             # Cancelled while queued: the worker skips it.
-            counts = self._pool._counts
+            pool = self._pool
+            counts = pool._counts
             counts.skipped += 1
             counts.cancelled_queued -= 1
+            if pool._slots is not None:
+                # cancel() gave this task's slot back already; the worker, taking the
+                # entry off the queue, has just given it back a second time.
+                pool._slots.acquire(blocking=False)
             return
         self._state = _RUNNING
         self._greenlet = getcurrent()
@@ -202,9 +207,12 @@ class Task(Generic[T]):
         if self._state is not _PENDING:
             return False
         self._state = _CANCELLED
-        counts = self._pool._counts
+        pool = self._pool
+        counts = pool._counts
         counts.cancelled += 1
         counts.cancelled_queued += 1
+        if pool._slots is not None:
+            pool._slots.release()  # its room under max_pending is free again at once
         self._result.set_exception(TaskCancelled(f"{self!r} was cancelled"))
         self._run_hooks()
         return True

@@ -29,6 +29,10 @@ def work(pool: Pool) -> None:
     generation = pool._generation
     pool._starting -= 1
     try:
+        if pool._workers > pool._cap:
+            # Started before set_cap lowered the cap: leave before taking any task.
+            pool._workers -= 1
+            return
         _run(pool, generation)
     except GreenletExit:
         # Someone killed this worker (gevent.kill, greenlet.throw, Pool.kill).
@@ -115,6 +119,11 @@ def _park(pool: Pool, generation: int) -> bool:
             timer.close()
     if why is WORK:
         pool._starting -= 1
+        if pool._workers > pool._cap:
+            # Woken just before set_cap lowered the cap: leave rather than start a task
+            # above it (work() gets the queue another worker if none is awake).
+            pool._workers -= 1
+            return False
         return True
     # RETIRE (set_cap, close, or a fork) or EXPIRE: already uncounted by whoever sent it.
     return False

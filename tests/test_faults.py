@@ -329,10 +329,6 @@ def test_set_cap_changed_a_thousand_times_while_a_hundred_thousand_tasks_run() -
     assert pool.worker_count() <= pool.cap
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a worker woken just before set_cap lowers the cap starts a task above it (reliability-bugs.md #1)",
-)
 def test_a_worker_woken_before_the_cap_is_lowered_starts_no_task_above_it() -> None:
     pool = ggopool.new_pool("faults", 3, Config(idle_timeout=None))
     held, once = Event(), Event()
