@@ -20,6 +20,7 @@ from greenlet import GreenletExit, getcurrent
 from greenlet import greenlet as Greenlet
 
 from ggopool._config import Config, check_int_at_least
+from ggopool._entry import NO_KWARGS, SLOTS
 from ggopool._errors import PoolClosed, PoolFull
 from ggopool._panic import PanicHandler
 from ggopool._stats import Counts, PoolStats
@@ -32,16 +33,6 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 T = TypeVar("T")
 
-#: A queued task takes this many slots of the pool's deque, in this order: the context it
-#: runs in, the callable, its positional arguments and its keyword arguments. Four flat
-#: slots rather than one 4-tuple per task: a burst of queued tuples that each hold a
-#: Context keeps the cyclic GC busy, and `python -m ggopool bench` measured go() at about
-#: twice the cost with tuples (see the README's benchmark section).
-SLOTS = 4
-
-#: The keyword arguments of a task queued without any. Shared: ``fn(**kwargs)`` copies it,
-#: so nothing can change it, and it saves a dict per task.
-NO_KWARGS: dict[str, Any] = {}
 
 # The real thread id even under monkey-patching (patched, get_ident names greenlets).
 _get_ident: Callable[[], int] = get_original("_thread", "get_ident")

@@ -54,7 +54,7 @@ def _run(pool: Pool, generation: int) -> None:
     while True:
         # Runs until the queue is empty, then parks on the pool's free list.
         while tasks:
-            # The four slots of one task (see SLOTS in _pool.py).
+            # The four slots of one task (see _entry.py).
             ctx = take()
             fn = popleft()
             args = popleft()
