@@ -21,10 +21,11 @@ from ggopool._bench_report import Results, command, complete, machine, render, t
 from ggopool._bench_rounds import scale, throughput
 from ggopool._bench_strategies import STRATEGIES, GgopoolStrategy
 from ggopool._bench_tcp import tcp
+from ggopool._bench_trickle import trickle
 from ggopool._bench_workloads import BODIES
 
 #: Every workload, in the order they run and are reported.
-WORKLOADS = ("noop", "yield", "gopool", "tcp", "memory", "latency", "scale")
+WORKLOADS = ("noop", "yield", "gopool", "trickle", "tcp", "memory", "latency", "scale")
 
 #: The strategies the scale workload compares: ggopool and the floor, whose cost per task
 #: shows how much of a change between sizes is the machine rather than the pool.
@@ -36,11 +37,12 @@ class Settings:
     """What one bench run measures. `FULL` and `QUICK` are the defaults of the two modes."""
 
     tasks: int  # n for noop, yield and gopool
-    cap: int  # the cap for noop, tcp, latency and scale
+    cap: int  # the cap for noop, trickle, tcp, latency and scale
     yield_caps: tuple[int, ...]
     gopool_cap: int  # gopool's benchmark uses runtime.GOMAXPROCS(0): the CPU count
     rounds: int
     warmup: int  # tasks per strategy in the unreported warm-up round
+    trickle_tasks: int  # fewer than a burst: each task costs a wake-up and a wait
     tcp_tasks: int
     tcp_rounds: int  # more than the others: a round trip's time varies more than a no-op's
     memory_tasks: int
@@ -59,6 +61,7 @@ FULL = Settings(
     gopool_cap=os.cpu_count() or 1,
     rounds=5,
     warmup=10_000,
+    trickle_tasks=20_000,
     tcp_tasks=1_000,
     tcp_rounds=9,
     memory_tasks=100_000,
@@ -75,6 +78,7 @@ QUICK = Settings(
     gopool_cap=os.cpu_count() or 1,
     rounds=3,
     warmup=2_000,
+    trickle_tasks=4_000,
     tcp_tasks=200,
     tcp_rounds=3,
     memory_tasks=20_000,
@@ -126,11 +130,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-n", "--tasks", type=_positive, help="tasks per burst for noop, yield and gopool"
     )
-    p.add_argument("--cap", type=_positive, help="the cap for noop, tcp, latency and scale")
+    p.add_argument(
+        "--cap", type=_positive, help="the cap for noop, trickle, tcp, latency and scale"
+    )
     p.add_argument("--yield-caps", type=_ints, help="the caps the yield workload runs at")
     p.add_argument("--gopool-cap", type=_positive, help="the cap for the gopool workload")
     p.add_argument("--rounds", type=_positive, help="interleaved rounds")
     p.add_argument("--warmup", type=int, help="tasks per strategy in the warm-up round (0: none)")
+    p.add_argument(
+        "--trickle-tasks", type=_positive, help="tasks submitted one at a time (trickle)"
+    )
     p.add_argument("--tcp-tasks", type=_positive, help="round trips per burst (tcp)")
     p.add_argument("--tcp-rounds", type=_positive, help="interleaved rounds (tcp)")
     p.add_argument("--memory-tasks", type=_positive, help="blocked tasks (memory)")
@@ -173,7 +182,7 @@ def steps(s: Settings) -> int:
     for workload in s.workloads:
         if workload == "yield":
             total += per_burst_workload * len(s.yield_caps)
-        elif workload in ("noop", "gopool"):
+        elif workload in ("noop", "gopool", "trickle"):
             total += per_burst_workload
         elif workload == "tcp":
             total += (s.tcp_rounds + (1 if s.warmup else 0)) * k
@@ -219,6 +228,15 @@ def run(s: Settings, argv: Sequence[str], progress: Progress) -> Results:
                     progress,
                     warmup=min(s.warmup, s.tasks),
                 )
+        elif workload == "trickle":
+            results["throughput"] += trickle(
+                s.trickle_tasks,
+                s.cap,
+                names,
+                s.rounds,
+                progress,
+                warmup=min(s.warmup, s.trickle_tasks),
+            )
         elif workload == "tcp":
             results["throughput"] += tcp(
                 s.tcp_tasks,

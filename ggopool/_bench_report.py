@@ -38,6 +38,14 @@ class Results(TypedDict):
     complete: bool  # every strategy ran exactly the tasks it was given, in every run
 
 
+#: What the trickle rows show, printed under the throughput table when it has them.
+TRICKLE_NOTE = (
+    "trickle: each task is submitted once the one before has run, as a web app calls go()\n"
+    "once per request, so every ggopool task wakes a parked worker: the cost of a wake-up,\n"
+    "where a burst keeps the workers awake. The floor calls the task directly."
+)
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     model = platform.processor() or platform.machine()
@@ -193,7 +201,8 @@ def render(results: Results) -> str:
     if results["throughput"]:
         out += [
             "",
-            "Throughput (bursts of n tasks; x gevent.spawn: spawn's time / this one's, same round)",
+            "Throughput (bursts of n tasks, trickle one at a time; "
+            "x gevent.spawn: spawn's time / this one's, same round)",
             "",
             _table(
                 ["workload", "cap", "n", "strategy", "tasks/s", "x gevent.spawn", "tasks run"],
@@ -213,6 +222,8 @@ def render(results: Results) -> str:
                 right={1, 2, 4, 5, 6},
             ),
         ]
+        if any(r["workload"] == "trickle" for r in results["throughput"]):
+            out += ["", TRICKLE_NOTE]
     if results["memory"]:
         out += [
             "",

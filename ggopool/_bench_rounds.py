@@ -22,6 +22,9 @@ from ggopool._bench_workloads import Body, counted
 #: One timed run: seconds, and how many tasks the counting task saw run.
 Sample = tuple[float, int]
 
+#: How one run of n tasks is submitted and timed: a burst (`timed_burst`) or a trickle.
+Timed = Callable[[Strategy, int, Body | None], Sample]
+
 
 class ThroughputRow(TypedDict):
     """One strategy on one workload: the JSON row and the table's line."""
@@ -92,13 +95,16 @@ def throughput(
     *,
     warmup: int,
     errors: Callable[[], int] = lambda: 0,
+    timed: Timed = timed_burst,
 ) -> list[ThroughputRow]:
-    """Bursts of n tasks on each named strategy, in interleaved rounds after a warm-up.
+    """Runs of n tasks on each named strategy, in interleaved rounds after a warm-up.
+
+    A run is a burst unless ``timed`` says otherwise (the trickle workload's).
 
     ``errors`` reads a running count of tasks whose work failed (the TCP workload's);
     each row gets the failures seen while its strategy ran, warm-up included.
 
-    The warm-up round (bursts of ``warmup`` tasks, not reported) starts the pools' workers
+    The warm-up round (runs of ``warmup`` tasks, not reported) starts the pools' workers
     and grows the allocator's arenas, as an application's first requests would.
     """
     strategies = [STRATEGIES[name](cap) for name in names]
@@ -108,7 +114,7 @@ def throughput(
     def entries(k: int) -> list[tuple[str, Callable[[], Sample]]]:
         def measure(strategy: Strategy) -> Sample:
             before = errors()
-            sample = timed_burst(strategy, k, body)
+            sample = timed(strategy, k, body)
             failed[strategy.name] += errors() - before
             return sample
 

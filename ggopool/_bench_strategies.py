@@ -1,4 +1,8 @@
-"""The ways to run a burst of tasks that the bench compares: ggopool, gevent's own, the floor."""
+"""The ways to run tasks that the bench compares: ggopool, gevent's own, the floor.
+
+Each runs a burst (n tasks submitted in a tight loop) and a trickle (n tasks submitted one
+at a time, each once the one before has run).
+"""
 
 from __future__ import annotations
 
@@ -53,6 +57,26 @@ class Strategy(ABC):
             submit(task, i)
         self.finish(done)
 
+    def trickle(self, n: int, task: Callable[[], object], ran_one: Event) -> None:
+        """Submit ``task`` n times, each only once the one before has run.
+
+        The task sets ``ran_one``; the loop clears it, submits, and waits for it, as a
+        server handling one request at a time submits one task per request. A task that
+        never runs ends the loop (after `WAIT_LIMIT`), so the count shows it short.
+        """
+        submit = self.submitter()
+        clear = ran_one.clear
+        wait = ran_one.wait
+        for _ in range(n):
+            clear()
+            submit(task)
+            if not wait(WAIT_LIMIT):
+                return
+
+    def submitter(self) -> Callable[[Callable[[], object]], object]:
+        """The bare callable an application would call to submit one task, for `trickle`."""
+        return self.submit
+
     @abstractmethod
     def submit(self, fn: Callable[..., object], *args: Any) -> None:
         """Submit one task."""
@@ -84,6 +108,9 @@ class GgopoolStrategy(Strategy):
             go(task)
         done.wait(WAIT_LIMIT)
 
+    def submitter(self) -> Callable[[Callable[[], object]], object]:
+        return self._pool.go
+
     def submit(self, fn: Callable[..., object], *args: Any) -> None:
         self._pool.go(fn, *args)
 
@@ -113,6 +140,10 @@ class SpawnStrategy(Strategy):
         greenlets = [spawn(task) for _ in range(n)]
         gevent.joinall(greenlets, timeout=WAIT_LIMIT)
 
+    def submitter(self) -> Callable[[Callable[[], object]], object]:
+        # Not submit: it keeps every greenlet for finish(); a trickle has no need to.
+        return gevent.spawn
+
     def submit(self, fn: Callable[..., object], *args: Any) -> None:
         self._greenlets.append(gevent.spawn(fn, *args))
 
@@ -131,6 +162,9 @@ class SpawnRawStrategy(Strategy):
         for _ in range(n):
             spawn_raw(task)
         done.wait(WAIT_LIMIT)
+
+    def submitter(self) -> Callable[[Callable[[], object]], object]:
+        return gevent.spawn_raw
 
     def submit(self, fn: Callable[..., object], *args: Any) -> None:
         gevent.spawn_raw(fn, *args)
@@ -157,6 +191,9 @@ class GeventPoolStrategy(Strategy):
             spawn(task)
         self._pool.join(timeout=WAIT_LIMIT)
 
+    def submitter(self) -> Callable[[Callable[[], object]], object]:
+        return self._pool.spawn
+
     def submit(self, fn: Callable[..., object], *args: Any) -> None:
         self._pool.spawn(fn, *args)
 
@@ -171,7 +208,8 @@ class FloorStrategy(Strategy):
     """A bare ``deque.popleft()()`` loop in the caller's greenlet: the cost of the task alone.
 
     Tasks run one after the other, so it is a floor for the cost per task, not a way to
-    run tasks that wait.
+    run tasks that wait. In a trickle it calls the task directly: nothing is queued, no
+    greenlet switches, and the task has run when the call returns, so there is no wait.
     """
 
     name = "deque loop (floor)"
@@ -188,6 +226,10 @@ class FloorStrategy(Strategy):
         popleft = queue.popleft
         while queue:
             popleft()()
+
+    def trickle(self, n: int, task: Callable[[], object], ran_one: Event) -> None:
+        for _ in range(n):
+            task()
 
     def submit(self, fn: Callable[..., object], *args: Any) -> None:
         self._queue.append((fn, args))

@@ -21,7 +21,8 @@ from gevent.event import Event
 from ggopool.__main__ import main
 from ggopool._bench_progress import Progress
 from ggopool._bench_rounds import throughput
-from ggopool._bench_strategies import STRATEGIES, FloorStrategy
+from ggopool._bench_strategies import STRATEGIES, FloorStrategy, GgopoolStrategy
+from ggopool._bench_trickle import timed_trickle
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL = list(STRATEGIES)
@@ -32,6 +33,7 @@ TINY = [
     "-n", "300",
     "--rounds", "2",
     "--warmup", "50",
+    "--trickle-tasks", "200",
     "--yield-caps", "50,10",
     "--tcp-tasks", "20",
     "--tcp-rounds", "2",
@@ -89,6 +91,7 @@ def test_json_throughput_counts_every_task_of_every_round(json_run: dict[str, An
             ("yield", 50, 300),
             ("yield", 10, 300),
             ("gopool", json_run["settings"]["gopool_cap"], 300),
+            ("trickle", 100, 200),
             ("tcp", 100, 20),
         ]
     ]
@@ -179,7 +182,7 @@ def tables(text: str) -> list[list[list[str]]]:
 
 
 def test_table_is_well_formed_and_progress_goes_to_stderr() -> None:
-    proc = bench(*TINY, "--workloads", "noop,memory,latency,scale,tcp")
+    proc = bench(*TINY, "--workloads", "noop,trickle,memory,latency,scale,tcp")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert out.startswith("machine: ")
@@ -198,8 +201,9 @@ def test_table_is_well_formed_and_progress_goes_to_stderr() -> None:
         assert all(len(row) == len(table[0]) for row in table)
         assert all(re.fullmatch(r"-+:?", cell) for cell in table[1])
     throughput_rows = found[0][2:]
-    assert [r[0] for r in throughput_rows] == ["noop"] * 5 + ["tcp"] * 5
-    assert [r[6] for r in throughput_rows] == ["600"] * 5 + ["40"] * 5
+    assert [r[0] for r in throughput_rows] == ["noop"] * 5 + ["trickle"] * 5 + ["tcp"] * 5
+    assert [r[6] for r in throughput_rows] == ["600"] * 5 + ["400"] * 5 + ["40"] * 5
+    assert "\ntrickle: each task is submitted once the one before has run" in out
     assert all("MISCOUNT" not in cell for table in found for row in table for cell in row)
     # The progress display: one line per step, ending at the total.
     steps = re.findall(r"^bench \[ *(\d+)/(\d+)\]", proc.stderr, re.MULTILINE)
@@ -245,6 +249,20 @@ def test_a_strategy_that_loses_a_task_is_reported(monkeypatch: pytest.MonkeyPatc
         ("lossy", [19, 19], False),
     ]
     assert stream.getvalue().count("\n") == 6
+
+
+def test_a_trickle_reuses_one_ggopool_worker_for_every_task() -> None:
+    # Each task is submitted once the one before has run, so the one worker has parked
+    # by then and is woken for the next: the pool never needs a second.
+    strategy = GgopoolStrategy(10)
+    pool = strategy._pool
+    workers: list[int] = []
+    try:
+        _, ran = timed_trickle(strategy, 50, lambda: workers.append(pool.stats().workers))
+    finally:
+        strategy.close()
+    assert ran == 50
+    assert workers == [1] * 50
 
 
 def test_demo_is_still_the_default_and_a_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
