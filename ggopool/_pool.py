@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextvars
 import itertools
-import sys
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -36,6 +35,9 @@ T = TypeVar("T")
 
 # The real thread id even under monkey-patching (patched, get_ident names greenlets).
 _get_ident: Callable[[], int] = get_original("_thread", "get_ident")
+
+#: No thread has this id: go() from every thread takes the general way in.
+NO_THREAD = -1
 
 #: Every pool alive, so a forked child can reset them (see _fork.py).
 all_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
@@ -114,10 +116,6 @@ class Pool:
     def _reset(self) -> None:
         """The state of a new pool; also what a forked child starts from."""
         self._tasks: deque[Any] = deque()  # SLOTS entries per task
-        # go() takes its slow path, _admit, when len(tasks) reaches this: never for an
-        # open unbounded pool, always for a bounded one (0) or a closed one (-1), so the
-        # hot path pays one comparison for both features.
-        self._limit = sys.maxsize if self._max_pending is None else 0
         self._closed = False
         # Live workers, running or parked; the free list of parked workers; and how many
         # are awake (woken or new) but not yet back in their loop. Workers that are
@@ -134,6 +132,10 @@ class Pool:
         # nothing yields while it is touched. (As the channel that wakes parked workers
         # it cost more than gevent.spawn itself for one task at a time: see the README.)
         self._slots = None if self._max_pending is None else Semaphore(self._max_pending)
+        # go() takes its fast path only when called from this thread: the pool's own
+        # thread while the pool is open and unbounded, NO_THREAD otherwise. One comparison
+        # on the hot path serves threads, close() and max_pending alike.
+        self._fast_ident = self._ident if self._max_pending is None else NO_THREAD
         self._blocked = 0  # greenlets waiting in go()/submit() for a slot
         self._quiet: Event | None = None  # set when nothing is queued or running (join)
         self._exited: Event | None = None  # set when a worker ends (kill)
@@ -226,13 +228,12 @@ class Pool:
         """
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        if _get_ident() != self._ident:
-            self._hand_over(contextvars.copy_context(), fn, args, kwargs)
+        if _get_ident() != self._fast_ident:
+            # Another thread, a bounded pool or a closed one: the general way in.
+            self._queue(contextvars.copy_context(), fn, args, kwargs)
             return
         tasks = self._tasks
         queued = len(tasks)
-        if queued >= self._limit:
-            queued = self._admit()
         tasks.extend((contextvars.copy_context(), fn, args, kwargs or NO_KWARGS))
         self._submitted += 1
         # gopool's spawn rule (see _should_add_worker), inlined: go() is the hot path.
@@ -298,11 +299,11 @@ class Pool:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        """What `go` does (inlined there, as it is the hot path), for the other ways in."""
+        """Queue a task: `go`'s fast path is this, inlined, for the common case."""
         if _get_ident() != self._ident:
             self._hand_over(ctx, fn, args, kwargs)
             return
-        if len(self._tasks) >= self._limit:
+        if self._closed or self._slots is not None:
             self._admit()
         self._push(ctx, fn, args, kwargs)
 
@@ -357,13 +358,13 @@ class Pool:
         self._slots.acquire()
         self._push(ctx, fn, args, kwargs)
 
-    def _admit(self) -> int:
-        """go()'s slow path, for a bounded or closed pool: take a free slot, waiting for
-        one if need be. Returns the queue's length once admitted."""
+    def _admit(self) -> None:
+        """For a bounded or closed pool: refuse, or take a free slot, waiting for one if
+        need be."""
         if self._closed:
             self._refuse_closed()
         slots = self._slots
-        assert slots is not None  # only a bounded pool's _limit sends go() here
+        assert slots is not None  # only a closed or bounded pool comes here
         if not slots.acquire(blocking=False):
             current = getcurrent()
             if current is self._hub or current in self._greenlets:
@@ -381,7 +382,6 @@ class Pool:
             if self._closed:
                 slots.release()
                 self._refuse_closed()
-        return len(self._tasks)
 
     def _refuse_closed(self) -> None:
         self._counts.rejected += 1
@@ -442,7 +442,7 @@ class Pool:
         if self._closed:
             return
         self._closed = True
-        self._limit = -1
+        self._fast_ident = NO_THREAD
         self._retire_parked(len(self._parked))
         if self._slots is not None:
             for _ in range(self._blocked):
