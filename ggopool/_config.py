@@ -18,6 +18,21 @@ def check_int_at_least(name: str, value: object, minimum: int) -> int:
     return value
 
 
+def check_timeout(timeout: object) -> float | None:
+    """A ``timeout`` argument: None (wait as long as it takes) or seconds >= 0.
+
+    Checked before anything happens, so a bad one changes nothing. NaN is refused: a NaN
+    timer stops every gevent timer in the process. Infinity means no timeout.
+    """
+    if timeout is None:
+        return None
+    if type(timeout) is bool or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+    return None if math.isinf(timeout) else timeout
+
+
 @dataclass(frozen=True)
 class Config:
     """How a pool decides to start workers and when its parked workers exit.

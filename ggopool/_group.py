@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from gevent.event import Event
 
+from ggopool._config import check_timeout
 from ggopool._task import Task
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ class TaskGroup:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for all the group's tasks; raise the first failure; False on timeout."""
-        if not self._all_done.wait(timeout):
+        if not self._all_done.wait(check_timeout(timeout)):
             return False
         if self._first_error is not None:
             raise self._first_error

@@ -18,7 +18,7 @@ from gevent.queue import SimpleQueue
 from greenlet import GreenletExit, getcurrent
 from greenlet import greenlet as Greenlet
 
-from ggopool._config import Config, check_int_at_least
+from ggopool._config import Config, check_int_at_least, check_timeout
 from ggopool._entry import NO_KWARGS, SLOTS
 from ggopool._errors import PoolClosed, PoolFull
 from ggopool._panic import PanicHandler
@@ -424,6 +424,7 @@ class Pool:
 
         Called from one of the pool's own tasks it would wait for itself: RuntimeError.
         """
+        timeout = check_timeout(timeout)
         if self._is_quiet():
             return True
         if getcurrent() in self._greenlets:
@@ -454,6 +455,7 @@ class Pool:
 
         Waits up to ``timeout`` seconds for the workers to end; True if they all did.
         """
+        timeout = check_timeout(timeout)
         tasks = self._tasks
         counts = self._counts
         plain = 0  # go() tasks: no handle to cancel, and their slots still held

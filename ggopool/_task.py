@@ -10,6 +10,7 @@ from gevent.event import AsyncResult
 from greenlet import GreenletExit, getcurrent
 from greenlet import greenlet as Greenlet
 
+from ggopool._config import check_timeout
 from ggopool._errors import TaskCancelled
 
 if TYPE_CHECKING:
@@ -135,15 +136,15 @@ class Task(Generic[T]):
 
     def get(self, block: bool = True, timeout: float | None = None) -> T:
         """The task's value, or raise its exception; see the class docstring."""
-        return cast(T, self._result.get(block, timeout))
+        return cast(T, self._result.get(block, check_timeout(timeout)))
 
     def wait(self, timeout: float | None = None) -> T | None:
         """Wait until the task is done; return its value (None if not ready or it raised)."""
-        return cast("T | None", self._result.wait(timeout))
+        return cast("T | None", self._result.wait(check_timeout(timeout)))
 
     def join(self, timeout: float | None = None) -> None:
         """Wait until the task is done or ``timeout`` passes, like ``Greenlet.join``."""
-        self._result.wait(timeout)
+        self._result.wait(check_timeout(timeout))
 
     def ready(self) -> bool:
         """True once the task has finished, raised, been killed or been cancelled."""
@@ -226,6 +227,7 @@ class Task(Generic[T]):
 
         With ``block`` it waits (up to ``timeout`` seconds) until the task is done.
         """
+        timeout = check_timeout(timeout)
         if self._state is _PENDING:
             self.cancel()
             return

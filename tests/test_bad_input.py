@@ -402,10 +402,6 @@ def test_add_done_callback(callback: Any) -> None:
             s.running.unlink(callback)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a bad timeout kills first, then raises TypeError (reliability-bugs.md #3)",
-)
 def test_a_bad_timeout_is_refused_before_anything_is_killed() -> None:
     with subject() as s:
         for call in (lambda: s.pool.kill("x"), lambda: s.running.kill(timeout="x")):  # type: ignore[arg-type]
@@ -429,10 +425,6 @@ for call in (lambda: pool.join(float("nan")), lambda: task.get(timeout=float("na
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a NaN timeout hangs the hub's timers for good (reliability-bugs.md #3)",
-)
 def test_a_nan_timeout_is_refused_not_a_hang() -> None:
     # In a subprocess: a NaN timer stops every gevent timer in its process.
     try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import re
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -540,3 +542,37 @@ def test_join_from_one_of_its_own_tasks_is_a_runtime_error() -> None:
         match=r"^cannot join pool 't' from one of its own tasks: it would wait for itself$",
     ):
         task.get(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "exc"),
+    [("1", TypeError), (True, TypeError), (-1, ValueError), (float("nan"), ValueError)],
+)
+def test_every_timeout_is_checked_before_anything_happens(
+    timeout: object, exc: type[Exception]
+) -> None:
+    pool = ggopool.new_pool("t", 1)
+    gate = Event()
+    running = pool.submit(gate.wait)
+    queued = pool.submit(gate.wait)
+    gevent.idle()
+    msg = rf"^timeout must be None or a number of seconds >= 0, got {re.escape(repr(timeout))}$"
+    calls: list[Callable[[], object]] = [
+        lambda: pool.join(timeout),  # type: ignore[arg-type]
+        lambda: pool.kill(timeout),  # type: ignore[arg-type]
+        lambda: running.get(timeout=timeout),  # type: ignore[arg-type]
+        lambda: running.wait(timeout),  # type: ignore[arg-type]
+        lambda: running.join(timeout),  # type: ignore[arg-type]
+        lambda: running.result(timeout),  # type: ignore[arg-type]
+        lambda: running.kill(timeout=timeout),  # type: ignore[arg-type]
+        lambda: pool.group().wait(timeout),  # type: ignore[arg-type]
+    ]
+    for call in calls:
+        with pytest.raises(exc, match=msg):
+            call()
+    gevent.idle()
+    assert not running.ready()
+    assert not queued.ready()
+    assert pool.worker_count() == 1
+    gate.set()
+    assert pool.join(float("inf"))
