@@ -137,6 +137,10 @@ class Pool:
         # on the hot path serves threads, close() and max_pending alike.
         self._fast_ident = self._ident if self._max_pending is None else NO_THREAD
         self._blocked = 0  # greenlets waiting in go()/submit() for a slot
+        # Tasks handed over by other threads, not yet taken by the hub; and those taken
+        # that wait for a slot of a bounded pool.
+        self._inbox: deque[tuple[Any, ...]] = deque()
+        self._awaiting_slots = 0
         self._quiet: Event | None = None  # set when nothing is queued or running (join)
         self._exited: Event | None = None  # set when a worker ends (kill)
         self._submitted = 0
@@ -330,22 +334,23 @@ class Pool:
         """Queue a task from another thread on the pool's own hub thread."""
         if self._closed:
             self._refuse_closed()
-        self._hub.loop.run_callback_threadsafe(self._accept_handed_over, ctx, fn, args, kwargs)
+        # deque.append is atomic, so threads may add to the inbox at once; until the hub
+        # takes a task from it, join() and stats() count it as pending.
+        self._inbox.append((ctx, fn, args, kwargs))
+        self._hub.loop.run_callback_threadsafe(self._accept_handed_over)
 
-    def _accept_handed_over(
-        self,
-        ctx: contextvars.Context,
-        fn: Callable[..., object],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
-        # Runs in the hub. The caller's thread was told the task was accepted, so it is
+    def _accept_handed_over(self) -> None:
+        # Runs in the hub. The caller's thread was told its task was accepted, so it is
         # never refused now (not even by a close() since): in a bounded pool with no
         # free slot, a greenlet waits for one on its behalf.
-        if self._slots is not None and not self._slots.acquire(blocking=False):
-            spawn_raw(self._admit_handed_over, ctx, fn, args, kwargs)
-            return
-        self._push(ctx, fn, args, kwargs)
+        inbox = self._inbox
+        while inbox:
+            ctx, fn, args, kwargs = inbox.popleft()
+            if self._slots is not None and not self._slots.acquire(blocking=False):
+                self._awaiting_slots += 1
+                spawn_raw(self._admit_handed_over, ctx, fn, args, kwargs)
+            else:
+                self._push(ctx, fn, args, kwargs)
 
     def _admit_handed_over(
         self,
@@ -356,6 +361,7 @@ class Pool:
     ) -> None:
         assert self._slots is not None
         self._slots.acquire()
+        self._awaiting_slots -= 1
         self._push(ctx, fn, args, kwargs)
 
     def _admit(self) -> None:
@@ -505,8 +511,9 @@ class Pool:
         return self._workers
 
     def task_count(self) -> int:
-        """Tasks queued and not yet started (cancelled ones excluded)."""
-        return len(self._tasks) // SLOTS - self._counts.cancelled_queued
+        """Tasks queued and not yet started (cancelled ones excluded; those handed over by
+        other threads included)."""
+        return len(self._tasks) // SLOTS - self._counts.cancelled_queued + self._in_flight()
 
     def _running(self) -> int:
         """Tasks started and not finished: the workers inside a task.
@@ -516,8 +523,12 @@ class Pool:
         """
         return self._workers - len(self._parked) - self._starting
 
+    def _in_flight(self) -> int:
+        """Tasks accepted from other threads and not yet on the queue."""
+        return len(self._inbox) + self._awaiting_slots
+
     def _is_quiet(self) -> bool:
-        return not self._tasks and self._running() == 0
+        return not self._tasks and self._running() == 0 and not self._in_flight()
 
     def stats(self) -> PoolStats:
         """A snapshot of the pool's counts; see `PoolStats`."""
@@ -527,14 +538,15 @@ class Pool:
         # Every accepted task was dropped by kill(), is queued, is running, or has
         # finished (returned, raised, or was skipped because it was cancelled).
         finished = self._submitted - counts.dropped - queued - running
+        in_flight = self._in_flight()  # accepted from other threads, counted as pending
         return PoolStats(
             name=self._name,
             cap=self._cap,
             workers=self._workers,
             idle=len(self._parked),
             running=running,
-            pending=queued - counts.cancelled_queued,
-            submitted=self._submitted,
+            pending=queued - counts.cancelled_queued + in_flight,
+            submitted=self._submitted + in_flight,
             completed=finished - counts.failed - counts.skipped,
             failed=counts.failed,
             cancelled=counts.cancelled,

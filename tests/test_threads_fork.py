@@ -13,6 +13,7 @@ from gevent.event import Event
 from gevent.monkey import get_original
 
 import ggopool
+from ggopool._entry import SLOTS
 
 real_get_ident = get_original("_thread", "get_ident")
 
@@ -180,13 +181,31 @@ def test_tasks_handed_over_to_a_full_bounded_pool_wait_for_slots_and_all_run() -
     t.start()
     t.join(10)
     assert not t.is_alive()  # the thread never waited for room
+    assert pool.task_count() == 10  # accepted: counted as pending from the moment go() returned
     with gevent.Timeout(10):
-        while pool.task_count() < 2:
+        while pool._inbox:
             gevent.sleep(0.001)  # the hand-overs arrive through the loop's async watcher
-    assert pool.task_count() == 2  # the bound holds; the rest wait for slots
+    assert len(pool._tasks) // SLOTS == 2  # the bound holds; the rest wait for slots
+    assert pool.task_count() == 10
     gate.set()
     with gevent.Timeout(10):
         while len(ran) < 10:
             gevent.sleep(0.001)
     assert sorted(ran) == list(range(10))
     assert pool.join(5)
+
+
+def test_join_waits_for_tasks_accepted_from_another_thread() -> None:
+    pool = ggopool.new_pool("threads", 2)
+    ran: list[int] = []
+
+    def submitter() -> None:
+        for i in range(100):
+            pool.go(ran.append, i)
+
+    t = threading.Thread(target=submitter)
+    t.start()
+    t.join(10)  # blocks the hub: the hand-overs are accepted, not yet queued
+    assert pool.stats().submitted == 100
+    assert pool.join(10)
+    assert sorted(ran) == list(range(100))
