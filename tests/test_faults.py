@@ -12,8 +12,10 @@ import contextvars
 import random
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -382,3 +384,109 @@ def test_idle_expiry_racing_new_submissions_loses_nothing() -> None:
     pool.go(runs.update, (-1,))  # and the pool starts again from no workers
     assert pool.join(timeout=None)
     assert runs[-1] == 1
+
+
+# -- rarer paths: kills that cross wake-ups, threads, handles -----------------------------------
+
+
+def test_a_worker_killed_while_its_wake_up_is_on_its_way_is_replaced() -> None:
+    pool = ggopool.new_pool("faults", 1, Config(idle_timeout=None))
+    workers: list[Any] = []
+    pool.go(lambda: workers.append(gevent.getcurrent()))
+    gevent.idle()
+    assert pool.stats().idle == 1
+    [parked] = workers
+    # The kill is queued first, so it lands after go() has woken the worker but before
+    # the worker has run: it dies with its wake-up on the way.
+    gevent.get_hub().loop.run_callback(parked.throw, GreenletExit)
+    pool.go(lambda: workers.append(gevent.getcurrent()))
+    gevent.idle()
+    assert parked.dead
+    assert len(workers) == 2
+    assert workers[1] is not parked  # a new worker took the task
+    s = check_stats(pool)
+    assert (s.workers, s.idle, s.completed, s.running) == (1, 1, 2, 0)
+
+
+def test_pool_kill_from_one_of_its_own_tasks_ends_that_worker_too() -> None:
+    pool = ggopool.new_pool("faults", 2, Config(idle_timeout=None))
+    gate = Event()
+    other = pool.submit(gate.wait)
+    killer = pool.submit(pool.kill)
+    gevent.idle()
+    assert killer.ready()
+    assert isinstance(killer.value, GreenletExit)
+    assert isinstance(other.value, GreenletExit)
+    assert pool.worker_count() == 0
+    assert pool.submit(lambda: "alive").get() == "alive"
+
+
+def test_two_greenlets_killing_the_pool_at_once_both_return_true() -> None:
+    pool = ggopool.new_pool("faults", 3, Config(idle_timeout=None))
+    gate = Event()
+    for _ in range(3):
+        pool.go(gate.wait)
+    gevent.idle()
+    killers = [gevent.spawn(pool.kill) for _ in range(2)]
+    gevent.joinall(killers, raise_error=True)
+    assert [k.value for k in killers] == [True, True]
+    assert pool.worker_count() == 0
+
+
+def run_in_thread(fn: Callable[[], object]) -> None:
+    thread = threading.Thread(target=fn)
+    thread.start()
+    thread.join()  # blocks the hub briefly: the thread needs nothing from it
+
+
+def test_try_go_from_another_thread_hands_over_and_go_is_refused_once_closed() -> None:
+    pool = ggopool.new_pool("faults", 2)
+    ran: list[str] = []
+    results: list[object] = []
+    run_in_thread(lambda: results.append(pool.try_go(ran.append, "try_go")))
+    # The hand-over reaches the hub a moment later (see reliability-bugs.md #4): poll.
+    with gevent.Timeout(30):
+        while pool.stats().submitted == 0:
+            gevent.sleep(0.001)
+    assert pool.join(timeout=None)
+    assert results == [True]
+    assert ran == ["try_go"]
+    pool.close()
+
+    def go_after_close() -> None:
+        try:
+            pool.go(ran.append, "after close")
+        except ggopool.PoolClosed as exc:
+            results.append(str(exc))
+
+    run_in_thread(go_after_close)
+    assert results == [True, "pool 'faults' is closed: it accepts no new tasks"]
+    assert pool.stats().rejected == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: join() returns before tasks accepted from other threads are queued (reliability-bugs.md #4)",
+)
+def test_join_waits_for_a_task_accepted_from_another_thread() -> None:
+    pool = ggopool.new_pool("faults", 2)
+    ran: list[int] = []
+    run_in_thread(lambda: pool.go(ran.append, 1))  # accepted: go() returned
+    assert pool.join(timeout=None)
+    assert ran == [1]
+
+
+def test_task_handle_edge_cases() -> None:
+    pool = ggopool.new_pool("faults", 1)
+    task = pool.submit(lambda: 1)
+    task.unlink(print)  # never linked: nothing to undo
+    task.rawlink(print)
+    task.unlink(repr)  # a callback it was not linked to
+    task.unlink(print)
+    assert task.get() == 1
+    task.kill()  # done: nothing to kill
+    assert task.get() == 1
+    group = pool.group()
+    group.go(int, 3)
+    assert repr(group) == "<ggopool.TaskGroup of pool 'faults' tasks=1>"
+    assert group.wait()
