@@ -37,7 +37,6 @@ import os
 import signal
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -147,6 +146,34 @@ class CountedPool:
         }
 
 
+class RunLedger:
+    """Which orders a kind of background task has run, in memory bounded by how far runs
+    get out of order (not by how many orders there were, so a soak stays flat): order
+    numbers are handed out in sequence, so every number below ``_below`` has run, and
+    ``_early`` holds the ones above it that ran first."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.duplicates = 0
+        self._below = 1
+        self._early: set[int] = set()
+
+    def record(self, number: int) -> None:
+        self.runs += 1
+        if number < self._below or number in self._early:
+            self.duplicates += 1
+            return
+        self._early.add(number)
+        while self._below in self._early:
+            self._early.discard(self._below)
+            self._below += 1
+
+
+def _sequence_number(order: dict[str, object]) -> int:
+    # order_id is "<pid>-<n>", n from the process's itertools.count(1).
+    return int(str(order["order_id"]).rsplit("-", 1)[1])
+
+
 class Process:
     """Everything one process of the app owns: its pools, HTTP clients and counters.
 
@@ -164,8 +191,10 @@ class Process:
         self.self_port: int | None = None
         self.order_ids = itertools.count(1)
         self.orders_accepted = 0
-        # (kind, order id) -> times run: "exactly once" is every value being 1.
-        self.runs: Counter[tuple[str, str]] = Counter()
+        # Which orders each kind of background task has run: "exactly once" is no
+        # duplicates and as many runs as orders accepted.
+        self.audited = RunLedger()
+        self.notified = RunLedger()
         self.webhooks_received = 0
         self.dashboards = 0
         self.warmups = 0
@@ -203,15 +232,14 @@ class Process:
         os.write(self._audit_fd, (json.dumps(record, sort_keys=True) + "\n").encode())
 
     def stats(self) -> dict[str, object]:
-        per_kind = Counter(kind for kind, _ in self.runs)
         return {
             "pid": self.pid,
             "pools": {"background": self.background.stats(), "fanout": self.fanout.stats()},
             "orders": {
                 "accepted": self.orders_accepted,
-                "audited": per_kind["audit"],
-                "notified": per_kind["notify"],
-                "duplicates": sum(n - 1 for n in self.runs.values() if n > 1),
+                "audited": self.audited.runs,
+                "notified": self.notified.runs,
+                "duplicates": self.audited.duplicates + self.notified.duplicates,
             },
             "webhooks_received": self.webhooks_received,
             "dashboards": self.dashboards,
@@ -258,12 +286,12 @@ def start_worker_process() -> None:
 
 
 def audit_order(proc: Process, order: dict[str, object]) -> None:
-    proc.runs["audit", str(order["order_id"])] += 1
+    proc.audited.record(_sequence_number(order))
     proc.audit({"event": "order", **order})
 
 
 def notify_order(proc: Process, order: dict[str, object]) -> None:
-    proc.runs["notify", str(order["order_id"])] += 1
+    proc.notified.record(_sequence_number(order))
     body = json.dumps(order).encode()
     headers = {"Content-Type": "application/json"}
     url = proc.settings.webhook_url
