@@ -77,14 +77,18 @@ def is_real(value: object) -> bool:
     return isinstance(value, (int, float, Decimal, Fraction)) and not isinstance(value, bool)
 
 
-#: Timeouts that neither block (a positive number would wait that long on a held task) nor
-#: are NaN (which hangs every gevent timer) nor NotImplemented (gevent tests its truth, a
-#: DeprecationWarning): see reliability-bugs.md #3.
-NON_BLOCKING_TIMEOUTS = ANY.filter(
-    lambda t: (
-        t is not None and t is not NotImplemented and not (is_real(t) and (math.isnan(t) or t > 0))
-    )
-)
+def valid_timeout(value: object) -> bool:
+    """`Pool.join`'s and the others' rule: None, or int/float seconds >= 0, not NaN."""
+    if value is None:
+        return True
+    if type(value) is bool or not isinstance(value, (int, float)):
+        return False
+    return not math.isnan(value) and value >= 0
+
+
+#: Timeouts that do not block: anything but None and a positive number of seconds (which
+#: would wait that long on a held task).
+NON_BLOCKING_TIMEOUTS = ANY.filter(lambda t: not (valid_timeout(t) and (t is None or t > 0)))
 
 
 def valid_int_at_least(value: object, minimum: int) -> bool:
@@ -368,25 +372,35 @@ def test_registering_a_second_pool_under_a_name_changes_nothing() -> None:
 
 @FUZZ
 @given(
-    method=st.sampled_from(["get", "get_block", "result", "wait", "join", "pool_join"]),
+    method=st.sampled_from(
+        ["get", "get_block", "result", "wait", "join", "kill", "pool_join", "pool_kill"]
+    ),
     timeout=NON_BLOCKING_TIMEOUTS,
 )
 def test_timeouts_of_an_unfinished_task_and_pool(method: str, timeout: Any) -> None:
+    valid = valid_timeout(timeout)
+    if method.endswith("kill") and valid:
+        return  # a valid timeout kills: not a rejected call
     with subject() as s:
         task, pool = s.running, s.pool
         calls: dict[str, Callable[[], object]] = {
             "get": lambda: task.get(timeout=timeout),
-            "get_block": lambda: task.get(block=timeout, timeout=0),
+            "get_block": lambda: task.get(block=True, timeout=timeout),
             "result": lambda: task.result(timeout),
             "wait": lambda: task.wait(timeout),
             "join": lambda: task.join(timeout),
+            "kill": lambda: task.kill(timeout=timeout),
             "pool_join": lambda: pool.join(timeout),
+            "pool_kill": lambda: pool.kill(timeout),
         }
         # Task.get documents gevent.Timeout when the time is up.
-        allowed = (TypeError, ValueError, gevent.Timeout)
-        exc = s.call(calls[method], allowed)
-        if isinstance(exc, gevent.Timeout):
-            assert method in ("get", "get_block", "result")
+        exc = s.call(calls[method], (TypeError, ValueError, gevent.Timeout))
+        if valid:
+            assert exc is None or isinstance(exc, gevent.Timeout)
+            assert not isinstance(exc, gevent.Timeout) or method in ("get", "get_block", "result")
+        else:
+            assert isinstance(exc, (TypeError, ValueError)), exc
+            assert str(exc) == f"timeout must be None or a number of seconds >= 0, got {timeout!r}"
         assert not task.ready()
 
 
