@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import Context
 from typing import Any
 
 #: A queued task takes this many slots of the pool's deque, in this order: the context it
@@ -14,3 +16,7 @@ SLOTS = 4
 #: The keyword arguments of a task queued without any. Shared: ``fn(**kwargs)`` copies it,
 #: so nothing can change it, and it saves a dict per task.
 NO_KWARGS: dict[str, Any] = {}
+
+#: One task's slots, as a tuple (``deque.extend`` takes it; the other threads' inbox holds
+#: them whole).
+Entry = tuple[Context, Callable[..., object], tuple[Any, ...], dict[str, Any]]

@@ -19,7 +19,7 @@ from greenlet import GreenletExit, getcurrent
 from greenlet import greenlet as Greenlet
 
 from ggopool._config import Config, check_int_at_least, check_timeout
-from ggopool._entry import NO_KWARGS, SLOTS
+from ggopool._entry import NO_KWARGS, SLOTS, Entry
 from ggopool._errors import PoolClosed, PoolFull
 from ggopool._panic import PanicHandler
 from ggopool._stats import Counts, PoolStats
@@ -139,7 +139,7 @@ class Pool:
         self._blocked = 0  # greenlets waiting in go()/submit() for a slot
         # Tasks handed over by other threads, not yet taken by the hub; and those taken
         # that wait for a slot of a bounded pool.
-        self._inbox: deque[tuple[Any, ...]] = deque()
+        self._inbox: deque[Entry] = deque()
         self._awaiting_slots = 0
         self._quiet: Event | None = None  # set when nothing is queued or running (join)
         self._exited: Event | None = None  # set when a worker ends (kill)
@@ -234,7 +234,7 @@ class Pool:
             raise TypeError(f"fn must be callable, got {fn!r}")
         if _get_ident() != self._fast_ident:
             # Another thread, a bounded pool or a closed one: the general way in.
-            self._queue(contextvars.copy_context(), fn, args, kwargs)
+            self._queue((contextvars.copy_context(), fn, args, kwargs or NO_KWARGS))
             return
         tasks = self._tasks
         queued = len(tasks)
@@ -262,7 +262,7 @@ class Pool:
             raise TypeError(f"ctx must be a contextvars.Context, got {ctx!r}")
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        self._queue(ctx.copy(), fn, args, kwargs)
+        self._queue((ctx.copy(), fn, args, kwargs or NO_KWARGS))
 
     def try_go(self, fn: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs) -> bool:
         """Like `go`, but never waits: False (and nothing queued) if the queue is full.
@@ -272,7 +272,7 @@ class Pool:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
         if _get_ident() != self._ident:
-            self._hand_over(contextvars.copy_context(), fn, args, kwargs)
+            self._hand_over((contextvars.copy_context(), fn, args, kwargs or NO_KWARGS))
             return True
         if self._closed:
             self._refuse_closed()
@@ -281,7 +281,7 @@ class Pool:
                 self._counts.rejected += 1
                 return False
             self._slots.release()  # _queue takes it again, without waiting
-        self._queue(contextvars.copy_context(), fn, args, kwargs)
+        self._queue((contextvars.copy_context(), fn, args, kwargs or NO_KWARGS))
         return True
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]:
@@ -293,50 +293,32 @@ class Pool:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
         task: Task[T] = Task(self, fn)
-        self._queue(contextvars.copy_context(), task._run, (args, kwargs), {})
+        self._queue((contextvars.copy_context(), task._run, (args, kwargs), NO_KWARGS))
         return task
 
-    def _queue(
-        self,
-        ctx: contextvars.Context,
-        fn: Callable[..., object],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
+    def _queue(self, task: Entry) -> None:
         """Queue a task: `go`'s fast path is this, inlined, for the common case."""
         if _get_ident() != self._ident:
-            self._hand_over(ctx, fn, args, kwargs)
+            self._hand_over(task)
             return
         if self._closed or self._slots is not None:
             self._admit()
-        self._push(ctx, fn, args, kwargs)
+        self._push(task)
 
-    def _push(
-        self,
-        ctx: contextvars.Context,
-        fn: Callable[..., object],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
+    def _push(self, task: Entry) -> None:
         """Append an admitted task and apply the spawn rule."""
-        self._tasks.extend((ctx, fn, args, kwargs or NO_KWARGS))
+        self._tasks.extend(task)
         self._submitted += 1
         if self._should_add_worker():
             self._add_worker()
 
-    def _hand_over(
-        self,
-        ctx: contextvars.Context,
-        fn: Callable[..., object],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
+    def _hand_over(self, task: Entry) -> None:
         """Queue a task from another thread on the pool's own hub thread."""
         if self._closed:
             self._refuse_closed()
         # deque.append is atomic, so threads may add to the inbox at once; until the hub
         # takes a task from it, join() and stats() count it as pending.
-        self._inbox.append((ctx, fn, args, kwargs))
+        self._inbox.append(task)
         self._hub.loop.run_callback_threadsafe(self._accept_handed_over)
 
     def _accept_handed_over(self) -> None:
@@ -345,24 +327,18 @@ class Pool:
         # free slot, a greenlet waits for one on its behalf.
         inbox = self._inbox
         while inbox:
-            ctx, fn, args, kwargs = inbox.popleft()
+            task = inbox.popleft()
             if self._slots is not None and not self._slots.acquire(blocking=False):
                 self._awaiting_slots += 1
-                spawn_raw(self._admit_handed_over, ctx, fn, args, kwargs)
+                spawn_raw(self._admit_handed_over, task)
             else:
-                self._push(ctx, fn, args, kwargs)
+                self._push(task)
 
-    def _admit_handed_over(
-        self,
-        ctx: contextvars.Context,
-        fn: Callable[..., object],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
+    def _admit_handed_over(self, task: Entry) -> None:
         assert self._slots is not None
         self._slots.acquire()
         self._awaiting_slots -= 1
-        self._push(ctx, fn, args, kwargs)
+        self._push(task)
 
     def _admit(self) -> None:
         """For a bounded or closed pool: refuse, or take a free slot, waiting for one if
