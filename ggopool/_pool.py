@@ -556,7 +556,7 @@ class Pool:
             # long-lived workers do not need.
             worker = Greenlet(work, self._hub)
             self._greenlets.add(worker)
-            self._hub.loop.run_callback(worker.switch, self)
+            self._hub.loop.run_callback(worker.switch, self, self._generation)
 
     def _retire_parked(self, n: int) -> None:
         """Make up to ``n`` parked workers exit now; they are uncounted at once."""

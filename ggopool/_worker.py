@@ -18,15 +18,18 @@ if TYPE_CHECKING:
 WORK, RETIRE, EXPIRE = "work", "retire", "expire"
 
 
-def work(pool: Pool) -> None:
+def work(pool: Pool, generation: int) -> None:
     """The body of a worker greenlet (its parent is the hub, as with ``gevent.spawn_raw``).
 
     Whoever started the worker counted it in ``pool._workers``; it uncounts itself on
-    every way out. ``generation`` changes only in a forked child: a worker inherited from
-    the parent then sees it differ and leaves without touching the child's pool.
+    every way out. ``generation`` is the pool's when the worker was started; it changes
+    only in a forked child, where a worker inherited from the parent (even one whose start
+    was still pending at the fork) sees it differ and leaves without touching the child's
+    pool.
     """
+    if pool._generation != generation:
+        return
     me = getcurrent()
-    generation = pool._generation
     pool._starting -= 1
     try:
         if pool._workers > pool._cap:
@@ -117,6 +120,8 @@ def _park(pool: Pool, generation: int) -> bool:
     finally:
         if timer is not None:
             timer.close()
+    if pool._generation != generation:
+        return False  # woken by a callback scheduled before a fork, now in the child
     if why is WORK:
         pool._starting -= 1
         if pool._workers > pool._cap:

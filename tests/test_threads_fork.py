@@ -209,3 +209,47 @@ def test_join_waits_for_tasks_accepted_from_another_thread() -> None:
     assert pool.stats().submitted == 100
     assert pool.join(10)
     assert sorted(ran) == list(range(100))
+
+
+FORK_PENDING_SCRIPT = textwrap.dedent(
+    """
+    from gevent import monkey
+    monkey.patch_all()
+
+    import os
+    import gevent
+    import ggopool
+
+    pool = ggopool.new_pool("fork", 4, ggopool.Config(idle_timeout=None))
+    pool.go(lambda: None)
+    gevent.idle()
+    assert pool.stats().idle == 1
+    ran = []
+    for i in range(3):
+        pool.go(ran.append, i)  # wakes the parked worker and starts two: none has run yet
+    pid = os.fork()
+    if pid == 0:
+        s = pool.stats()
+        ok = (s.workers, s.idle, s.running, s.pending, s.submitted) == (0, 0, 0, 0, 0)
+        for i in range(10):
+            pool.go(ran.append, 100 + i)
+        ok = ok and pool.join(10)
+        gevent.sleep(0.05)  # room for an inherited worker to (wrongly) run or count
+        s = pool.stats()
+        ok = ok and sorted(ran) == [100 + i for i in range(10)]
+        ok = ok and (s.submitted, s.completed, s.running) == (10, 10, 0)
+        ok = ok and s.workers == s.idle and pool._starting == 0
+        os._exit(0 if ok else 3)
+    assert pool.join(10)
+    _, status = os.waitpid(pid, 0)
+    print("status", status, sorted(ran))
+    """
+)
+
+
+def test_workers_whose_start_or_wake_up_was_pending_at_the_fork_stay_out_of_the_child() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_PENDING_SCRIPT], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["status", "0", "[0,", "1,", "2]"], out.stdout
