@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from gevent import get_hub
 from greenlet import GreenletExit
 
+from ggopool._task import Task
+
 if TYPE_CHECKING:
     from ggopool._pool import Pool
 
@@ -52,7 +54,11 @@ def report_failure(pool: Pool, ctx: contextvars.Context, fn: object, exc: BaseEx
     hub = get_hub()
     handler = pool._panic_handler
     if handler is None or not isinstance(exc, Exception) or isinstance(exc, hub.SYSTEM_ERROR):
-        hub.handle_error(FailedTask(pool, fn), type(exc), exc, exc.__traceback__)
+        # A submitted task reaches here only with a system error; name the callable the
+        # caller submitted, not the handle's runner.
+        handle = getattr(fn, "__self__", None)
+        task = handle._fn if isinstance(handle, Task) else fn
+        hub.handle_error(FailedTask(pool, task), type(exc), exc, exc.__traceback__)
         return
     try:
         # In the task's own context, so a handler that logs sees the task's request id.

@@ -303,3 +303,23 @@ def test_a_non_callable_panic_handler_is_a_type_error_and_changes_nothing() -> N
     with pytest.raises(TypeError, match=r"^panic handler must be callable or None, got 'x'$"):
         pool.set_panic_handler("x")  # type: ignore[arg-type]
     assert pool._panic_handler is handler
+
+
+def test_a_system_error_in_a_submitted_task_is_reported_naming_the_task(
+    hub_errors: HubErrors,
+) -> None:
+    pool = ggopool.new_pool("orders", 1)
+
+    def charge() -> None:
+        raise SystemError("stop")
+
+    task = pool.submit(charge)
+    with pytest.raises(SystemError):
+        gevent.idle()  # as for go(): the hub throws it into the main greenlet
+    [(context, type_, _value)] = hub_errors.take()
+    assert type_ is SystemError
+    assert repr(context) == (
+        "<task test_a_system_error_in_a_submitted_task_is_reported_naming_the_task"
+        ".<locals>.charge of pool 'orders'>"
+    )
+    assert isinstance(task.exception, SystemError)  # and the handle has it too
