@@ -71,7 +71,8 @@ class Pool:
       woken, or, when none is parked, a new worker greenlet is started.
     * A worker runs tasks until the queue is empty, then parks on the pool's free list
       for ``Config.idle_timeout`` seconds waiting to be woken, then exits.
-      ``worker_count()`` (running and parked) never exceeds ``cap``.
+      ``worker_count()`` (running and parked) never exceeds ``cap``, except while workers
+      that were running a task when ``set_cap`` lowered it finish that task.
     * A task runs in the caller's ``contextvars`` (copied when it is queued), so request
       ids and tracing spans survive, and what it sets never leaks into the next task.
     * An ``Exception`` from a ``go()`` task goes to the panic handler as
@@ -80,9 +81,11 @@ class Pool:
       which raises them in the main greenlet. A worker killed with ``GreenletExit`` ends;
       another takes the queue.
     * Threads: a pool belongs to the thread that made it; its workers run on that
-      thread's hub. ``go``/``submit`` from any other thread hand the task over to it
-      (``loop.run_callback_threadsafe``); such a task is accepted when handed over, so a
-      later ``close()`` or a full queue does not refuse it.
+      thread's hub. ``go``, ``ctx_go``, ``submit``, ``try_go`` and ``set_cap`` from any
+      other thread hand the call over to it (``loop.run_callback_threadsafe``); such a
+      task is accepted when handed over, so a later ``close()`` or a full queue does not
+      refuse it, and ``join()`` and ``stats()`` count it from then on. The other methods
+      belong to the pool's thread.
     * Fork: in a forked child every pool starts empty, with no workers, and works; what
       was queued stays with the parent (see the README's "Deploying").
     """
