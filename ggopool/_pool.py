@@ -103,7 +103,6 @@ class Pool:
         self._name = name
         self._cap = cap
         self._config = config
-        self._threshold = config.scale_threshold
         self._threshold_slots = SLOTS * config.scale_threshold
         # The same threshold, against the queue's length before a task's slots are added.
         self._threshold_slots_before = self._threshold_slots - SLOTS
