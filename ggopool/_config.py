@@ -63,6 +63,12 @@ class Config:
       ``try_go`` never waits. Without a bound, each queued task costs memory until it
       runs.
 
+    * ``spawn_waits_when_full`` (bool, default False): ``spawn`` (and ``map``, ``imap``,
+      ``add``...) wait while the pool already holds ``cap`` spawned tasks, queued or
+      running, as ``gevent.pool.Pool.spawn`` does; from the hub, where nothing can
+      wait, it raises `PoolFull`. With False, ``spawn`` never waits: its task is queued
+      like any other. ``go`` and ``submit`` never wait for this (see the migration guide).
+
     A Config is validated when it is built and is immutable, so it can be shared between
     pools.
     """
@@ -70,8 +76,13 @@ class Config:
     scale_threshold: int = 1
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
     max_pending: int | None = None
+    spawn_waits_when_full: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.spawn_waits_when_full, bool):
+            raise TypeError(
+                f"spawn_waits_when_full must be a bool, got {self.spawn_waits_when_full!r}"
+            )
         check_int_at_least("scale_threshold", self.scale_threshold, 1)
         if self.max_pending is not None:
             check_int_at_least("max_pending", self.max_pending, 1)

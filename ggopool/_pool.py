@@ -6,7 +6,7 @@ import contextvars
 import itertools
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -14,13 +14,13 @@ from gevent import Timeout, get_hub, spawn_raw
 from gevent.event import Event
 from gevent.lock import Semaphore
 from gevent.monkey import get_original
-from gevent.queue import SimpleQueue
 from greenlet import GreenletExit, getcurrent
 from greenlet import greenlet as Greenlet
 
 from ggopool._config import Config, check_int_at_least, check_timeout
 from ggopool._entry import NO_KWARGS, SLOTS, Entry
 from ggopool._errors import PoolClosed, PoolFull
+from ggopool._gevent_pool import GeventPoolMixin
 from ggopool._panic import PanicHandler
 from ggopool._stats import Counts, PoolStats
 from ggopool._task import Task
@@ -52,7 +52,7 @@ def check_cap(cap: object) -> int:
     return check_int_at_least("cap", cap, 1)
 
 
-class Pool:
+class Pool(GeventPoolMixin):
     """A pool of reusable worker greenlets that run queued tasks, at most ``cap`` at once.
 
     Where an application writes ``gevent.spawn(fn, x)`` it writes ``pool.go(fn, x)``::
@@ -147,6 +147,7 @@ class Pool:
         self._exited: Event | None = None  # set when a worker ends (kill)
         self._submitted = 0
         self._counts = Counts()
+        self._reset_members()
         self._generation = getattr(self, "_generation", 0) + 1
 
     def _after_fork_in_child(self) -> None:
@@ -208,6 +209,7 @@ class Pool:
             while queued and self._should_add_worker():
                 self._add_worker()
                 queued -= 1
+        self._check_room()  # spawn() may wait for room, and a higher cap made some
 
     def set_panic_handler(self, handler: PanicHandler | None) -> None:
         """Send the ``Exception``s of this pool's ``go()`` tasks to ``handler(ctx, exc)``.
@@ -373,28 +375,6 @@ class Pool:
 
     # -- many tasks at once ------------------------------------------------------------
 
-    def map(self, fn: Callable[[Any], T], iterable: Iterable[Any]) -> list[T]:
-        """``[fn(x) for x in iterable]``, run on the pool; results in input order.
-
-        All the tasks run to the end; then the first exception, in input order, is
-        raised.
-        """
-        tasks = [self.submit(fn, item) for item in iterable]
-        for task in tasks:
-            task.join()
-        return [task.get() for task in tasks]
-
-    def imap_unordered(self, fn: Callable[[Any], T], iterable: Iterable[Any]) -> Iterator[T]:
-        """Yield ``fn(x)`` for each ``x`` as each finishes; an exception is raised when
-        its task is reached, and the tasks not yet yielded go on running."""
-        done: SimpleQueue[Task[T]] = SimpleQueue()
-        count = 0
-        for item in iterable:
-            self.submit(fn, item)._add_hook(done.put)
-            count += 1
-        for _ in range(count):
-            yield done.get().get()
-
     def group(self, cancel_on_error: bool = False) -> TaskGroup:
         """An errgroup-like fan-out on this pool; see `TaskGroup`."""
         from ggopool._group import TaskGroup
@@ -403,22 +383,28 @@ class Pool:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def join(self, timeout: float | None = None) -> bool:
+    def join(self, timeout: float | None = None, raise_error: bool = False) -> bool:
         """Wait until nothing is queued or running; False if ``timeout`` passed first.
 
+        With ``raise_error``, then raise the exception of one of the pool's members at the
+        time of the call (see `spawn`) that failed, as gevent's ``join`` does.
         Called from one of the pool's own tasks it would wait for itself: RuntimeError.
         """
         timeout = check_timeout(timeout)
+        members = list(self._members) if raise_error else []
         if self._is_quiet():
-            return True
-        if getcurrent() in self._greenlets:
+            quiet = True
+        elif getcurrent() in self._greenlets:
             raise RuntimeError(
                 f"cannot join pool {self._name!r} from one of its own tasks: "
                 "it would wait for itself"
             )
-        if self._quiet is None:
-            self._quiet = Event()
-        return bool(self._quiet.wait(timeout))
+        else:
+            if self._quiet is None:
+                self._quiet = Event()
+            quiet = bool(self._quiet.wait(timeout))
+        self._raise_member_error(members)
+        return quiet
 
     def close(self) -> None:
         """Accept no new tasks; what is queued still runs. ``go``/``submit`` raise

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
+import itertools
 import json
 import os
 import re
@@ -122,6 +124,19 @@ class _Touches:
             klass.__init__ = counting_init  # type: ignore[method-assign]
 
 
+_pool_names = itertools.count(1)
+
+
+def gevent_pool(size: int | None = None) -> Any:
+    """``gevent.pool.Pool(size)`` as a ggopool pool: cap ``size`` (None: unlimited), and a
+    ``spawn`` that waits while the pool is full."""
+    import ggopool
+
+    cap = sys.maxsize if size is None else size
+    config = ggopool.Config(spawn_waits_when_full=True)
+    return ggopool.new_pool(f"gevent-suite-{next(_pool_names)}", cap, config)
+
+
 def _load(name: str, shimmed: bool) -> types.ModuleType:
     path = gevent_tests_dir() / f"{name}.py"
     source = path.read_text()
@@ -131,19 +146,10 @@ def _load(name: str, shimmed: bool) -> types.ModuleType:
         import ggopool
 
         source = rewrite(source)
-        pools = iter(range(1, sys.maxsize))
-
-        def _ggopool_gevent_pool(size: int | None = None) -> ggopool.Pool:
-            """gevent.pool.Pool(size) as a ggopool pool: cap ``size``, spawn waits when full."""
-            cap = sys.maxsize if size is None else size
-            try:
-                config = ggopool.Config(spawn_waits_when_full=True)  # type: ignore[call-arg,unused-ignore]
-            except TypeError:  # BASELINE ONLY
-                config = ggopool.Config()
-            return ggopool.new_pool(f"gevent-suite-{next(pools)}", cap, config)
-
         module.__dict__["ggopool"] = ggopool
-        module.__dict__["_ggopool_gevent_pool"] = _ggopool_gevent_pool
+        # A partial, not a function: the tests also use it as a class attribute
+        # (``klass = gevent.pool.Pool``), where a function would become a method.
+        module.__dict__["_ggopool_gevent_pool"] = functools.partial(gevent_pool)
     sys.modules[module.__name__] = module
     exec(compile(source, str(path), "exec"), module.__dict__)
     return module
