@@ -17,11 +17,11 @@ from ggopool._errors import PoolFull
 
 if TYPE_CHECKING:
     from gevent.hub import Hub
-    from greenlet import greenlet as Greenlet
 
     from ggopool._config import Config
     from ggopool._pool import Pool
     from ggopool._task import Task
+    from ggopool._worker import Worker
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -46,7 +46,7 @@ class GeventPoolMixin:
         _name: str
         _hub: Hub
         _config: Config
-        _greenlets: set[Greenlet]
+        _greenlets: set[Worker]
 
         def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]: ...
 
