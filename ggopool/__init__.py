@@ -16,6 +16,7 @@ from ggopool._default import (
     set_cap,
     set_panic_handler,
     spawn,
+    spawn_later,
     worker_count,
 )
 from ggopool._errors import PoolClosed, PoolFull, TaskCancelled
@@ -45,5 +46,6 @@ __all__ = [
     "set_cap",
     "set_panic_handler",
     "spawn",
+    "spawn_later",
     "worker_count",
 ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
+from gevent import kill as gevent_kill
 from gevent import spawn_raw
 from gevent.event import Event
 from gevent.lock import DummySemaphore, Semaphore
@@ -13,12 +15,16 @@ from gevent.queue import UnboundQueue
 from greenlet import GreenletExit, getcurrent
 
 from ggopool._config import check_int_at_least, check_timeout
+from ggopool._entry import NO_KWARGS
 from ggopool._errors import PoolFull
+from ggopool._task import Task as _Task
+from ggopool._task import as_exception
 
 if TYPE_CHECKING:
     from gevent.hub import Hub
 
     from ggopool._config import Config
+    from ggopool._entry import Entry
     from ggopool._pool import Pool
     from ggopool._task import Task
     from ggopool._worker import Worker
@@ -49,6 +55,7 @@ class GeventPoolMixin:
         _greenlets: set[Worker]
 
         def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]: ...
+        def _queue(self, task: Entry) -> None: ...
 
     def _reset_members(self) -> None:
         self._members = set()
@@ -181,12 +188,24 @@ class GeventPoolMixin:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         wait: bool,
+        report: bool = True,
     ) -> Task[T]:
+        """Queue a member task. ``report``: a failure is reported as gevent reports a
+        greenlet's (spawn, apply_async); without it, only the caller who reads the
+        result gets it (apply, map, imap, which raise it)."""
         if wait:
             self._wait_for_room(True, None)
-        task = self.submit(fn, *args, **kwargs)
-        self._track(task)
+        task: Task[T] = _Task(cast("Pool", self), fn, args, kwargs, contextvars.copy_context())
+        task._spawned = report
+        self._enqueue(task)
         return task
+
+    def _enqueue(self, task: Task[Any]) -> None:
+        """Queue a member task made by `_spawn` (or, later, by ``spawn_later``)."""
+        ctx = task._ctx
+        assert ctx is not None  # a task holds its context until it is done
+        self._queue((ctx, task._run, (task._args, task._kwargs), NO_KWARGS))
+        self._track(task)
 
     def apply(
         self,
@@ -204,7 +223,7 @@ class GeventPoolMixin:
         args, kwds = _args(args, kwds)
         if getcurrent() in self._greenlets:
             return fn(*args, **kwds)
-        return self._spawn(fn, args, kwds, self._config.spawn_waits_when_full).get()
+        return self._spawn(fn, args, kwds, self._config.spawn_waits_when_full, False).get()
 
     def apply_cb(
         self,
@@ -249,7 +268,7 @@ class GeventPoolMixin:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
         wait = self._config.spawn_waits_when_full
-        tasks = [self._spawn(fn, xs, {}, wait) for xs in zip(*iterables, strict=False)]
+        tasks = [self._spawn(fn, xs, {}, wait, False) for xs in zip(*iterables, strict=False)]
         for task in tasks:
             task.join()
         return [task.get() for task in tasks]
@@ -278,7 +297,7 @@ class GeventPoolMixin:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
         _check_callback(callback)
-        return _default_pool().submit(self.map_cb, fn, iterable, callback)
+        return _default_pool().spawn(self.map_cb, fn, iterable, callback)
 
     def imap(
         self, fn: Callable[..., T], *iterables: Iterable[Any], maxsize: int | None = None
@@ -318,12 +337,31 @@ class GeventPoolMixin:
             if block:
                 task.join(timeout)
 
+    def _kill_added_members(self, exception: object) -> list[Any]:
+        """For `Pool.kill`: kill the members `add` gave this pool that are not its own
+        tasks (greenlets, other pools' tasks), without waiting; return them."""
+        added = [
+            member
+            for member in self._members
+            if not (isinstance(member, _Task) and member._pool is self)
+        ]
+        for member in added:
+            kill = getattr(member, "kill", None)
+            if kill is not None:
+                kill(exception, block=False)
+            else:
+                gevent_kill(member, as_exception(exception))  # a raw greenlet
+        return added
+
     def _raise_member_error(self, members: list[Any]) -> None:
-        """For ``join(raise_error=True)``: raise the exception of the first of
-        ``members`` (a snapshot taken when join was called) that failed."""
+        """For ``join(raise_error=True)``: raise the exception of one of ``members`` (a
+        snapshot taken when join was called) that failed, as gevent's join does."""
         for member in members:
             exc = getattr(member, "exception", None)
             if isinstance(exc, BaseException):
+                raise_exception = getattr(member, "_raise_exception", None)
+                if raise_exception is not None:
+                    raise_exception()
                 raise exc
 
 
@@ -447,7 +485,7 @@ class IMap(Generic[T]):
                     self._unread.acquire()
                 self._outstanding.acquire()
                 try:
-                    task = pool._spawn(fn, xs, {}, wait)
+                    task = pool._spawn(fn, xs, {}, wait, False)
                 except BaseException:
                     self._outstanding.release()
                     raise

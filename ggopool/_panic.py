@@ -12,7 +12,7 @@ from gevent import get_hub
 from greenlet import GreenletExit
 
 from ggopool._describe import describe_call
-from ggopool._task import is_task_runner
+from ggopool._task import Task, is_task_runner
 
 if TYPE_CHECKING:
     from ggopool._pool import Pool
@@ -91,12 +91,19 @@ def report_failure(
         hub = get_hub()
         handler = pool._panic_handler
         if handler is None or not isinstance(exc, Exception) or isinstance(exc, hub.SYSTEM_ERROR):
-            # A submitted task reaches here only with a system error; name the callable
-            # the caller submitted and its arguments, not the handle's runner.
-            handle = getattr(fn, "__self__", None)
+            context: object
             if is_task_runner(fn, pool):
-                fn, args, kwargs = handle._fn, args[0], args[1]  # type: ignore[union-attr]
-            context = FailedTask(pool, fn, args=args, kwargs=kwargs)
+                handle = fn.__self__  # type: ignore[attr-defined]
+                if handle._spawned:
+                    # A spawned task: the hub gets the task itself, as gevent gives it a
+                    # failed greenlet.
+                    context = handle
+                else:
+                    # A submitted task reaches here only with a system error; name the
+                    # callable the caller submitted and its arguments, not the runner.
+                    context = FailedTask(pool, handle._fn, args=args[0], kwargs=args[1])
+            else:
+                context = FailedTask(pool, fn, args=args, kwargs=kwargs)
             hub.handle_error(context, type(exc), exc, exc.__traceback__)
             return
         try:
@@ -115,6 +122,16 @@ def report_failure(
         raise
     except BaseException as report_exc:  # noqa: BLE001 - reporting must not end the worker
         _last_resort(pool, exc, report_exc)
+
+
+def report_task_failure(
+    task: Task[Any], ctx: contextvars.Context | None, exc: BaseException
+) -> None:
+    """A spawned task killed before it ran, with an exception that is not a GreenletExit:
+    report it as if it had raised that (gevent reports a greenlet killed so). Never raises."""
+    if ctx is None:
+        ctx = contextvars.Context()
+    report_failure(task._pool, ctx, task._run, ((), {}), {}, exc)
 
 
 def report_worker_failure(pool: Pool, exc: BaseException) -> None:

@@ -24,8 +24,8 @@ from ggopool._errors import PoolClosed, PoolFull
 from ggopool._gevent_pool import GeventPoolMixin
 from ggopool._panic import PanicHandler
 from ggopool._stats import Counts, PoolStats
-from ggopool._task import Task, is_task_runner
-from ggopool._worker import GONE, PARKED, RETIRE, STARTING, WAKING, WORK, Worker, work
+from ggopool._task import Task, as_exception, is_task_runner
+from ggopool._worker import GONE, PARKED, RETIRE, RUNNING, STARTING, WAKING, WORK, Worker, work
 
 if TYPE_CHECKING:
     from ggopool._group import TaskGroup
@@ -47,6 +47,13 @@ all_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 def _throw_exit(worker: Greenlet) -> None:
     if not worker.dead:
         worker.throw(GreenletExit)
+
+
+def _throw_into_task(worker: Worker, exception: object) -> None:
+    # Pool.kill(exception=...): only into a worker inside a task (one that parked since
+    # gets the GreenletExit that follows, as the others do).
+    if not worker.dead and worker.state is RUNNING:
+        worker.throw(as_exception(exception))
 
 
 def _no_max_idle(max_idle: int | None) -> int:
@@ -319,8 +326,9 @@ class Pool(GeventPoolMixin):
         """
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        task: Task[T] = Task(self, fn)
-        self._queue((contextvars.copy_context(), task._run, (args, kwargs), NO_KWARGS))
+        ctx = contextvars.copy_context()
+        task: Task[T] = Task(self, fn, args, kwargs, ctx)
+        self._queue((ctx, task._run, (args, kwargs), NO_KWARGS))
         return task
 
     def _queue(self, task: Entry) -> None:
@@ -448,13 +456,27 @@ class Pool(GeventPoolMixin):
             for _ in range(self._blocked):
                 self._slots.release()  # each waiter wakes, gives it back, raises PoolClosed
 
-    def kill(self, timeout: float | None = None) -> bool:
-        """Cancel every queued task and kill every worker (running ones get
-        ``GreenletExit`` inside their task). The pool stays open and usable.
+    def kill(
+        self,
+        timeout: float | None = None,
+        *,
+        exception: object = GreenletExit,
+        block: bool = True,
+    ) -> bool:
+        """Kill every queued task and every worker. The pool stays open and usable.
 
-        Waits up to ``timeout`` seconds for the workers to end; True if they all did.
+        Queued tasks never run; a handle's outcome is ``exception``, as for a greenlet
+        killed before it started (the default ``GreenletExit`` is its value). Running
+        tasks get ``exception`` raised inside them, then their workers end. Members added
+        with `add` are killed with it too, as gevent's ``Pool.kill`` kills its greenlets.
+
+        With ``block``, waits up to ``timeout`` seconds for the workers (and the added
+        members) to end; True if they all did. ``timeout`` comes first, for the callers
+        of ``kill(timeout)``; ``exception`` and ``block`` are keywords.
         """
         timeout = check_timeout(timeout)
+        if not isinstance(block, bool):
+            raise TypeError(f"block must be a bool, got {block!r}")
         counts = self._counts
         tasks = self._tasks
         # Queued entries: those cancelled before are counted as cancelled already and
@@ -465,7 +487,7 @@ class Pool(GeventPoolMixin):
                 if fn.__self__.cancelled():
                     already += 1
                 else:
-                    fn.__self__._mark_cancelled()
+                    fn.__self__._mark_killed(exception)
         newly = len(tasks) // SLOTS - already
         counts.cancelled_queued -= already
         counts.dropped += newly + already
@@ -484,23 +506,36 @@ class Pool(GeventPoolMixin):
         self._awaiting.clear()
         for _, fn, _, _ in handed:
             if is_task_runner(fn, self):
-                fn.__self__._mark_cancelled()  # type: ignore[attr-defined]
+                fn.__self__._mark_killed(exception)  # type: ignore[attr-defined]
         self._submitted += len(handed)
         counts.dropped += len(handed)
         counts.cancelled += newly + len(handed)
         greenlets = list(self._greenlets)
+        into_tasks = None if exception is GreenletExit else exception
         for worker in greenlets:
             # Scheduled after the callbacks that start new workers, so each has started.
+            if into_tasks is not None:
+                self._hub.loop.run_callback(_throw_into_task, worker, into_tasks)
             self._hub.loop.run_callback(_throw_exit, worker)
-        if getcurrent() in self._greenlets:
+        added = self._kill_added_members(exception)
+        current = getcurrent()
+        if current in self._greenlets:
+            if into_tasks is not None:
+                raise as_exception(into_tasks)  # the calling task ends with it, then its worker
             raise GreenletExit  # killed from one of its own tasks: this worker ends too
+        if not block:
+            return not any(worker in self._greenlets for worker in greenlets)
         # False: the Timeout ends the block quietly, as gevent documents (the stubs omit it).
         with Timeout(timeout, False):  # type: ignore[arg-type]
             while any(worker in self._greenlets for worker in greenlets):
                 if self._exited is None:
                     self._exited = Event()
                 self._exited.wait()
-        return not any(worker in self._greenlets for worker in greenlets)
+            for member in added:
+                member.join()
+        return not any(worker in self._greenlets for worker in greenlets) and all(
+            getattr(member, "dead", True) for member in added
+        )
 
     def __enter__(self) -> Pool:
         return self
