@@ -135,6 +135,14 @@ def _memory(results: Results) -> list[str]:
         "kind: noop runs the counting task alone; yield calls gevent.sleep(0) once; event waits",
         "on one Event, set once every task that can run at once has started.",
     ]
+    late = [r for r in rows if r["after_seconds_actual"] > r["after_seconds"] + 0.1]
+    if late:
+        worst = max(late, key=lambda r: r["after_seconds_actual"])
+        out.append(
+            f"{len(late)} RSS readings came more than 0.1 s late (the latest: "
+            f"{worst['strategy']}, {worst['kind']}, at {worst['after_seconds_actual']:.2f} s): "
+            "the hub was busy."
+        )
     if not all(r["peak_was_reset"] for r in rows):
         out.append(
             "The peak RSS could not be reset before the burst here, so a peak growth is the "
