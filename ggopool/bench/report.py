@@ -234,7 +234,7 @@ def _targets(results: Results) -> list[str]:
             "other sizes would not say whether the target is met. Run without --quick and "
             "without size options for verdicts."
         )
-        out += ["", textwrap.fill(note, 90)]
+        out += ["", textwrap.fill(note, 90, break_on_hyphens=False)]
     return out
 
 
