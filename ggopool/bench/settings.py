@@ -12,8 +12,7 @@ from ggopool.bench.strategies import STRATEGIES, CappedPoolStrategy, FloorStrate
 WORKLOADS = ("noop", "yield", "gopool", "trickle", "tcp", "memory", "latency", "scale")
 
 #: The strategies the scale workload compares: the capped pool and the floor, whose cost per
-#: task shows how much of a change between sizes is the machine rather than the pool. (The
-#: default pool starts a worker per task of a burst, so a burst of a million is left out.)
+#: task shows how much of a change between sizes is the machine rather than the pool.
 SCALE_STRATEGIES = (CappedPoolStrategy.name, FloorStrategy.name)
 
 
