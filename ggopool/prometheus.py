@@ -288,6 +288,15 @@ class InstrumentedPool:
         """`ggopool.Pool.group`, whose tasks are measured."""
         return _InstrumentedGroup(self, cancel_on_error)
 
+    def _after_fork_in_child(self) -> None:
+        # The parent's counts are the parent's (in multiprocess mode it publishes them):
+        # the child's start from zero, as its pools' do. Tasks that were running at the
+        # fork still run here, so the running count stays.
+        self._wait_buckets = [0] * len(self._bounds)
+        self._wait_sum = 0.0
+        self._peak_running = self._running
+        self._peak_workers = self._pool.worker_count()
+
     def _take_peaks(self) -> tuple[int, int]:
         """The peaks since the last take, and start the next period at the values of now."""
         running = self._running
@@ -300,6 +309,19 @@ class InstrumentedPool:
 
 #: Every live InstrumentedPool, so that a collector finds the ones of the pools it reports.
 _instrumented: weakref.WeakSet[InstrumentedPool] = weakref.WeakSet()
+#: Every live MultiProcessPublisher, for the reset after a fork.
+_publishers: weakref.WeakSet[MultiProcessPublisher] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Registered after ggopool's own (which empties every pool), so it sees them empty.
+    for instrumented in list(_instrumented):
+        instrumented._after_fork_in_child()
+    for publisher in list(_publishers):
+        publisher._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _check_buckets(buckets: object) -> tuple[float, ...]:
@@ -539,6 +561,13 @@ class MultiProcessPublisher:
         )
         self._values: dict[tuple[str, str, tuple[tuple[str, str], ...]], Any] = {}
         self._timer: Any = None
+        _publishers.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The child's peaks start a period of their own; its values go to files of its own
+        # pid (prometheus_client sees the pid change). A started timer goes on publishing.
+        self._periods.clear()
+        self._seen_scrapes = None
 
     def __repr__(self) -> str:
         state = "started" if self._timer is not None else "stopped"
