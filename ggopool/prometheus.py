@@ -27,7 +27,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import Context
 from time import perf_counter
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import gevent
 from prometheus_client import values
@@ -42,6 +42,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from ggopool._default import _registry, default_pool
+from ggopool._describe import callable_name
 from ggopool._group import TaskGroup
 from ggopool._pool import Pool
 from ggopool._task import Task
@@ -127,28 +128,20 @@ def multiprocess_mode() -> bool:
 # -- saturation signals, opt-in per pool ----------------------------------------------------
 
 
-class _Timed(Generic[T]):
+class _Timed(tuple):  # type: ignore[type-arg]  # (owner, fn, args, kwargs, queued_at)
     """A task on its way through an instrumented pool: when it starts, it records how long it
-    waited and counts itself running, then runs the caller's ``fn``."""
+    waited and counts itself running, then runs the caller's ``fn``.
 
-    __slots__ = ("args", "fn", "kwargs", "owner", "queued_at")
+    A tuple, made in C: of the ways measured to carry the five fields (a ``__slots__``
+    class, a bound method with arguments), the one that keeps the caller's function name
+    in failure reports at the least cost.
+    """
 
-    def __init__(
-        self,
-        owner: InstrumentedPool,
-        fn: Callable[..., T],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
-        self.owner = owner
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
-        self.queued_at = perf_counter()
+    __slots__ = ()
 
-    def __call__(self) -> T:
-        owner = self.owner
-        wait = perf_counter() - self.queued_at
+    def __call__(self) -> Any:
+        owner, fn, args, kwargs, queued_at = self
+        wait = perf_counter() - queued_at
         # The last bound is +inf, so every wait has a bucket.
         owner._wait_buckets[bisect_left(owner._bounds, wait)] += 1
         owner._wait_sum += wait
@@ -162,19 +155,24 @@ class _Timed(Generic[T]):
         if workers > owner._peak_workers:
             owner._peak_workers = workers
         try:
-            return self.fn(*self.args, **self.kwargs)
+            return fn(*args, **kwargs)
         finally:
             owner._running -= 1
 
-    def __getattr__(self, name: str) -> Any:
-        # Only on a failed lookup, so never on the hot path: reports that name a task (the
-        # hub's, a Task's repr) read __qualname__ or __name__, and should see the caller's.
-        if name in ("__qualname__", "__name__"):
-            return getattr(self.fn, name)
-        raise AttributeError(name)
+    @property
+    def __name__(self) -> str:
+        # What reports that name a task (the hub's, a Task's repr) read when there is no
+        # __qualname__: the caller's function, not this wrapper.
+        return callable_name(self[1])
 
     def __repr__(self) -> str:
-        return f"<ggopool.prometheus timed task {self.fn!r}>"
+        return f"<ggopool.prometheus timed task {callable_name(self[1])}>"
+
+
+def _timed(
+    owner: InstrumentedPool, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Callable[[], T]:
+    return _Timed((owner, fn, args, kwargs, perf_counter()))
 
 
 class _InstrumentedGroup(TaskGroup):
@@ -185,7 +183,7 @@ class _InstrumentedGroup(TaskGroup):
     def go(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        return super().go(_Timed(self._owner, fn, args, kwargs))
+        return super().go(_timed(self._owner, fn, args, kwargs))
 
 
 class InstrumentedPool:
@@ -257,7 +255,7 @@ class InstrumentedPool:
         """`ggopool.Pool.go`, measured."""
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        self._pool.go(_Timed(self, fn, args, kwargs))
+        self._pool.go(_Timed((self, fn, args, kwargs, perf_counter())))
 
     def ctx_go(
         self,
@@ -270,19 +268,19 @@ class InstrumentedPool:
         """`ggopool.Pool.ctx_go`, measured."""
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        self._pool.ctx_go(ctx, _Timed(self, fn, args, kwargs))
+        self._pool.ctx_go(ctx, _Timed((self, fn, args, kwargs, perf_counter())))
 
     def try_go(self, fn: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs) -> bool:
         """`ggopool.Pool.try_go`, measured."""
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        return self._pool.try_go(_Timed(self, fn, args, kwargs))
+        return self._pool.try_go(_Timed((self, fn, args, kwargs, perf_counter())))
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]:
         """`ggopool.Pool.submit`, measured."""
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        return self._pool.submit(_Timed(self, fn, args, kwargs))
+        return self._pool.submit(_timed(self, fn, args, kwargs))
 
     def group(self, cancel_on_error: bool = False) -> TaskGroup:
         """`ggopool.Pool.group`, whose tasks are measured."""
