@@ -165,9 +165,6 @@ class _Timed(tuple):  # type: ignore[type-arg]  # (owner, fn, args, kwargs, queu
         # __qualname__: the caller's function, not this wrapper.
         return callable_name(self[1])
 
-    def __repr__(self) -> str:
-        return f"<ggopool.prometheus timed task {callable_name(self[1])}>"
-
 
 def _timed(
     owner: InstrumentedPool, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]

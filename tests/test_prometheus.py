@@ -387,6 +387,17 @@ PUBLISHER_SCRIPT = textwrap.dedent(
     out["both"] = files()
     mark_process_dead(child)
     out["dead"] = files()
+
+    # The file that marks scrapes is kept small: past 4 KiB it is emptied, still a change.
+    marks = os.path.join(publisher.path, "ggopool_scrapes")
+    with open(marks, "ab") as f:
+        f.write(b"." * 5000)
+    publisher.publish()
+    hold(2)
+    out["before_truncate"] = publisher.scrape().decode()
+    out["marks_size"] = os.path.getsize(marks)
+    publisher.publish()
+    out["after_truncate"] = files()
     print(json.dumps(out))
     """
 )
@@ -446,3 +457,8 @@ def test_the_multiprocess_publisher_writes_values_a_scrape_of_any_process_reads(
     dead = Scrape(got["dead"])
     assert {labels["pid"] for labels in dead.labels("ggopool_workers")} == {pid}
     assert dead.value("ggopool_tasks_submitted_total", pool="mp") == 9 + 5  # counts stay
+
+    assert got["marks_size"] == 0
+    peak = "ggopool_tasks_running_peak"
+    assert Scrape(got["before_truncate"]).value(peak, pool="mp", pid=pid) == 2
+    assert Scrape(got["after_truncate"]).value(peak, pool="mp", pid=pid) == 0  # a new period
