@@ -236,8 +236,14 @@ class GeventPoolMixin:
         """Queue a member task made by `_spawn` (or, later, by ``spawn_later``)."""
         ctx = task._ctx
         assert ctx is not None  # a task holds its context until it is done
-        self._queue((ctx, task._run, (task._args, task._kwargs), NO_KWARGS))
+        # A member before it is queued: queued from another thread, it may run (and its
+        # hooks with it) on the pool's thread at once.
         self._track(task)
+        try:
+            self._queue((ctx, task._run, (task._args, task._kwargs), NO_KWARGS))
+        except BaseException:
+            self._membership().left(task)  # refused (a closed pool): never a member
+            raise
 
     def apply(
         self,
@@ -454,6 +460,9 @@ _MISSING = object()
 class IMap(Generic[T]):
     """The iterator `Pool.imap` and `Pool.imap_unordered` return.
 
+    Its greenlet reads the input until the input ends: an endless input is read for as
+    long as the results are taken (``maxsize``) or until `kill`.
+
     ``queue`` holds the results that finished and were not yet read (in ``imap``, those
     read out of order wait apart), as in gevent's ``IMapUnordered``.
     """
@@ -485,10 +494,16 @@ class IMap(Generic[T]):
         self._input_done = False
         self._end_index = 0  # imap: the index of the end, once the input is done
         self._finished = False  # the reader has had StopIteration
-        spawn_raw(self._feed, pool, fn, items)
+        self._feeder = spawn_raw(self._feed, pool, fn, items)
 
     def __iter__(self) -> IMap[T]:
         return self
+
+    def kill(self) -> None:
+        """Read no more of the input (gevent's IMap is a greenlet, which ``kill`` ends);
+        the tasks already spawned run on, and their results are still yielded."""
+        if not self._input_done:
+            gevent_kill(self._feeder)
 
     def __next__(self) -> T:
         if self._finished:
@@ -518,20 +533,31 @@ class IMap(Generic[T]):
         # Runs in a greenlet of its own, so that the reader gets results while the input
         # is read (gevent's IMap is a greenlet too).
         index = 0
+        unread = self._unread
+        outstanding = self._outstanding
         try:
             wait = pool._config.spawn_waits_when_full
-            for xs in items:
-                if self._unread is not None:
-                    self._unread.acquire()
-                self._outstanding.acquire()
+            while True:
+                # Room first, then the next item: an item read is never dropped (by a
+                # kill() while waiting for room, say).
+                if unread is not None:
+                    unread.acquire()
+                outstanding.acquire()
                 try:
-                    task = pool._spawn(fn, xs, {}, wait, False)
+                    if wait:
+                        pool._wait_for_room(True, None)
+                    xs = next(items)
+                    task = pool._spawn(fn, xs, {}, False, False)
                 except BaseException:
-                    self._outstanding.release()
+                    outstanding.release()
+                    if unread is not None:
+                        unread.release()
                     raise
                 self._running += 1
                 task._add_hook(_Collect(self, index))
                 index += 1
+        except (StopIteration, GreenletExit):
+            pass  # the end of the input, or kill(): what was spawned is still yielded
         except BaseException as exc:  # noqa: BLE001 - the reader gets it, after the items before it
             self._put(index, _Failure(exc))
             index += 1

@@ -34,7 +34,9 @@ else:
         __slots__ = ()
 
 
-T = TypeVar("T")
+#: Covariant: a Task[int] is a Task[object], so tasks of different results go in one list
+#: (``gevent.joinall([a, b])`` type-checks).
+T = TypeVar("T", covariant=True)
 
 #: A task's states: waiting for its time (``spawn_later``), queued, running, done (its
 #: outcome set), cancelled (stopped before it ran).
