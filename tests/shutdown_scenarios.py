@@ -1,0 +1,396 @@
+"""Stopping the load-test app the ordinary ways, counted from outside: orders accepted (202
+read by the client) against audit records written and webhooks received, and the tasks the
+processes logged as abandoned.
+
+The tests in ``tests/test_shutdown_*.py`` run these with small loads; run as a module it
+measures every stop path under a steady load instead::
+
+    python -m tests.shutdown_scenarios            # background cap 2, 0.1 s per audit
+    python -m tests.shutdown_scenarios --help
+
+Everything binds and connects to 127.0.0.1; processes are signalled by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent.event import Event
+from gevent.pywsgi import WSGIServer
+
+from tests.deploy_helpers import (
+    LOOPBACK,
+    Proc,
+    audit_records,
+    client,
+    request_json,
+    stats,
+    subprocess_env,
+    wait_until,
+)
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+#: A line of ggopool's report of one pool's abandoned tasks.
+ABANDONED = re.compile(
+    r"ggopool: pool '([^']+)': (\d+) tasks abandoned at exit \((\d+) queued, (\d+) running\)"
+)
+
+
+def abandoned(output: str, pool: str = "background") -> list[int]:
+    """The counts of abandoned tasks ``pool`` reported in ``output``, one per process."""
+    return [int(m.group(2)) for m in ABANDONED.finditer(output) if m.group(1) == pool]
+
+
+class Receiver:
+    """The webhook receiver the app notifies, in the test process: it counts each order's
+    notification when it answers it.
+
+    It can hold notifications unanswered (and uncounted): all of them from `hold` until
+    `release`, or every one after the first ``hold_after``, for good. A downstream that
+    stalls: held notifications keep the app's background workers busy, so everything
+    queued after them is still queued when the test stops the app.
+    """
+
+    def __init__(self, hold_after: int | None = None) -> None:
+        self.answered: Counter[str] = Counter()
+        self.held = 0
+        self._hold_after = hold_after
+        self._arrived = 0
+        self._open = Event()
+        self._open.set()
+        self.server = WSGIServer((LOOPBACK, 0), self._app, log=None, error_log=None)
+
+    def __enter__(self) -> Receiver:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Held notifications are not answered: their handlers are killed.
+        self.server.stop(timeout=0.1)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.server.server_port}/hooks/orders"
+
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def _app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        order = json.loads(environ["wsgi.input"].read(length))
+        self._arrived += 1
+        if self._hold_after is not None and self._arrived > self._hold_after:
+            self.held += 1
+            Event().wait()  # for good: killed when the receiver stops
+        if not self._open.is_set():
+            self.held += 1
+            try:
+                self._open.wait()
+            finally:
+                self.held -= 1
+        self.answered[order["order_id"]] += 1
+        start_response("204 No Content", [])
+        return []
+
+
+@dataclass
+class Orders:
+    """What the clients sent."""
+
+    acks: list[dict[str, Any]] = field(default_factory=list)
+    errors: int = 0
+
+    @property
+    def ids(self) -> set[str]:
+        return {ack["order_id"] for ack in self.acks}
+
+
+def place_orders(
+    url: str,
+    orders: Orders,
+    count: int,
+    clients: int,
+    *,
+    stop: Event | None = None,
+    pace: float = 0.0,
+) -> None:
+    """Send up to ``count`` orders from ``clients`` greenlets, a fresh connection each (so
+    gunicorn spreads them over its workers), until ``stop`` is set; an order counts as
+    accepted when the client has read its 202. ``pace``: seconds each client waits
+    between two orders."""
+    sent = 0
+
+    def shopper() -> None:
+        nonlocal sent
+        while sent < count and not (stop is not None and stop.is_set()):
+            sent += 1
+            http = client(url)
+            try:
+                status, ack = request_json(http, "POST", "/orders", {"sku": "S", "qty": 1})
+            except Exception:  # noqa: BLE001 - a refused or reset connection: not accepted
+                orders.errors += 1
+            else:
+                if status == 202:
+                    orders.acks.append(ack)
+                else:
+                    orders.errors += 1
+            finally:
+                http.close()
+            if pace:
+                gevent.sleep(pace)
+
+    gevent.joinall([gevent.spawn(shopper) for _ in range(clients)], raise_error=True)
+
+
+def app_env(tmp: Path, receiver: Receiver, **settings: str) -> dict[str, str]:
+    """The app's environment: audit file and webhook URL, a control socket of its own
+    for gunicorn (XDG_RUNTIME_DIR), and ``LOADTESTS_*`` settings."""
+    env = subprocess_env(
+        LOADTESTS_AUDIT_FILE=str(tmp / "audit.jsonl"),
+        LOADTESTS_WEBHOOK_URL=receiver.url,
+        XDG_RUNTIME_DIR=str(tmp),
+    )
+    env.update({f"LOADTESTS_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+@dataclass
+class Gunicorn:
+    proc: Proc
+    url: str
+    master: int
+    workers: set[int]
+
+
+BOOTED = re.compile(r"Booting worker with pid: (\d+)")
+EXITED = re.compile(r"Worker exiting \(pid: (\d+)\)")
+RECYCLING = re.compile(r"\[(\d+)\] \[INFO\] Autorestarting worker")
+
+
+def wait_serving(g: Gunicorn, timeout: float = 20) -> set[int]:
+    """Wait until two workers are up, neither of them leaving, and each has answered a
+    request; their pids.
+
+    A worker installs its signal handlers before it serves: until then a signal the master
+    forwards meets the handlers copied from the master, which only queue it for the
+    master, and the worker never stops. So a test signals the master only once every
+    worker has served.
+    """
+    answered: set[int] = set()
+
+    def ready() -> set[int] | None:
+        output = g.proc.output
+        live = {int(p) for p in BOOTED.findall(output)} - {int(p) for p in EXITED.findall(output)}
+        live -= {int(p) for p in RECYCLING.findall(output)}
+        if len(live) == 2 and live <= answered:
+            return live
+        http = client(g.url)
+        try:
+            answered.add(stats(http)["pid"])
+        finally:
+            http.close()
+        return None
+
+    return wait_until(ready, timeout, "two workers serving")
+
+
+def start_gunicorn(env: dict[str, str], *options: str) -> Gunicorn:
+    """``gunicorn -k gevent -w 2 --preload`` with the load-test app and its config, once
+    both workers serve."""
+    args = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "--preload"]
+    args += ["-b", f"{LOOPBACK}:0", "-c", "python:loadtests.gunicorn_conf", *options]
+    proc = Proc([*args, "loadtests.app:app"], env)
+    try:
+        [listening] = proc.wait_for(r"Listening at: (http://127\.0\.0\.1:\d+) \((\d+)\)", 20)
+        booted = proc.wait_for(r"Booting worker with pid: (\d+)", 20, count=2)
+    except BaseException:
+        proc.stop()
+        raise
+    url, master = listening.group(1), int(listening.group(2))
+    g = Gunicorn(proc, url, master, {int(m.group(1)) for m in booted})
+    try:
+        wait_serving(g)
+    except BaseException:
+        proc.stop()
+        raise
+    return g
+
+
+def start_pywsgi(env: dict[str, str], *options: str) -> tuple[Proc, str]:
+    """``python -m loadtests.app`` on gevent's pywsgi."""
+    proc = Proc([sys.executable, "-m", "loadtests.app", "--port", "0", *options], env)
+    try:
+        [match] = proc.wait_for(r"listening on (http://127\.0\.0\.1:\d+)", timeout=15)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, match.group(1)
+
+
+@dataclass
+class Outcome:
+    """The counts once every process of the app has exited."""
+
+    accepted: int  # orders whose 202 the client read
+    audited: int  # of those, audit records written
+    notified: int  # of those, webhooks answered
+    lost: int  # accepted orders whose audit or webhook never happened
+    duplicates: int  # audit records or webhooks beyond one per order
+    warmups: int  # gunicorn workers' warm-up audit records
+    abandoned: int  # tasks the processes logged as abandoned
+    errors: int  # orders not accepted (refused or reset while the app stopped)
+
+    @property
+    def tasks(self) -> int:
+        """Background tasks accepted: two per order, one per warm-up."""
+        return 2 * self.accepted + self.warmups
+
+    @property
+    def ran(self) -> int:
+        return self.audited + self.notified + self.warmups
+
+
+def outcome(tmp: Path, orders: Orders, receiver: Receiver, output: str) -> Outcome:
+    records = audit_records(tmp / "audit.jsonl")
+    audits = Counter(str(r["order_id"]) for r in records if r["event"] == "order")
+    ids = orders.ids
+    return Outcome(
+        accepted=len(orders.acks),
+        audited=len(ids & set(audits)),
+        notified=len(ids & set(receiver.answered)),
+        lost=sum(1 for i in ids if not (audits[i] and receiver.answered[i])),
+        duplicates=sum(n - 1 for n in audits.values() if n > 1)
+        + sum(n - 1 for n in receiver.answered.values() if n > 1)
+        + len(set(audits) - ids)
+        + len(set(receiver.answered) - ids),
+        warmups=sum(1 for r in records if r["event"] == "warmup"),
+        abandoned=sum(abandoned(output)),
+        errors=orders.errors,
+    )
+
+
+def wait_exit(proc: Proc, timeout: float) -> int:
+    code = proc.wait(timeout)
+    proc.stop()
+    return code
+
+
+# -- the measurement: every stop path under a steady load -----------------------------------
+
+
+@dataclass
+class Load:
+    cap: int = 2
+    work_delay: float = 0.1
+    rate: float = 0.0  # orders/s over all clients; 0: 1.2x what the pools finish
+    stop_after: float = 4.0
+    drain_timeout: float = 5.0
+
+    def orders_per_second(self, processes: int) -> float:
+        # An order's audit takes work_delay on one of cap workers; its webhook next to
+        # nothing: each process finishes about cap / work_delay orders a second.
+        return self.rate or 1.2 * processes * self.cap / self.work_delay
+
+
+def measure(path: str, load: Load, tmp: Path) -> Outcome:
+    """One stop path under ``load``: orders sent at a steady rate, the stop sent
+    ``stop_after`` seconds in, then everything counted."""
+    settings = {
+        "background_cap": str(load.cap),
+        "work_delay": str(load.work_delay),
+        "drain_timeout": str(load.drain_timeout),
+    }
+    with Receiver() as receiver:
+        env = app_env(tmp, receiver, **settings)
+        gunicorn = path.startswith("gunicorn")
+        if gunicorn:
+            extra = ["--max-requests", "200"] if path == "gunicorn --max-requests" else []
+            g = start_gunicorn(env, *extra)
+            proc, url, pid = g.proc, g.url, g.master
+        else:
+            proc, url = start_pywsgi(env)
+            pid = proc.pid
+        try:
+            orders = Orders()
+            stop = Event()
+            clients = 8
+            pace = clients / load.orders_per_second(2 if gunicorn else 1)
+            sender = gevent.spawn(place_orders, url, orders, 10**9, clients, stop=stop, pace=pace)
+            gevent.sleep(load.stop_after)
+            sig = {
+                "gunicorn SIGTERM": signal.SIGTERM,
+                "gunicorn SIGQUIT": signal.SIGQUIT,
+                "gunicorn SIGHUP": signal.SIGHUP,
+                "pywsgi SIGTERM": signal.SIGTERM,
+                "pywsgi SIGINT": signal.SIGINT,
+            }.get(path)
+            if sig is not None:
+                os.kill(pid, sig)
+            if sig == signal.SIGHUP:
+                gevent.sleep(load.stop_after)  # the new workers serve on
+            if sig in (signal.SIGHUP, None):
+                stop.set()
+                sender.join()
+                os.kill(pid, signal.SIGTERM)
+            else:
+                stop.set()
+                sender.join()
+            wait_exit(proc, 60)
+        finally:
+            proc.stop()
+        return outcome(tmp, orders, receiver, proc.output)
+
+
+PATHS = [
+    "gunicorn SIGTERM",
+    "gunicorn SIGQUIT",
+    "gunicorn SIGHUP",
+    "gunicorn --max-requests",
+    "pywsgi SIGTERM",
+    "pywsgi SIGINT",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.shutdown_scenarios", description=__doc__)
+    parser.add_argument("--cap", type=int, default=Load.cap)
+    parser.add_argument("--work-delay", type=float, default=Load.work_delay)
+    parser.add_argument("--rate", type=float, default=0.0, help="orders/s (0: 1.2x capacity)")
+    parser.add_argument("--stop-after", type=float, default=Load.stop_after)
+    parser.add_argument("--drain-timeout", type=float, default=Load.drain_timeout)
+    parser.add_argument("paths", nargs="*", default=PATHS, help=f"of {PATHS}")
+    args = parser.parse_args(argv)
+    load = Load(args.cap, args.work_delay, args.rate, args.stop_after, args.drain_timeout)
+    print("| how the process stopped | accepted | lost | abandoned (logged) | tasks - ran |")
+    print("|---|---:|---:|---:|---:|")
+    import tempfile
+
+    for path in args.paths:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = measure(path, load, Path(tmp))
+        print(
+            f"| {path} | {result.accepted:,} | {result.lost:,} | {result.abandoned:,} "
+            f"| {result.tasks - result.ran:,} |",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
