@@ -19,6 +19,9 @@ import os
 import re
 import signal
 import sys
+import tempfile
+import textwrap
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -285,32 +288,146 @@ def outcome(tmp: Path, orders: Orders, receiver: Receiver, output: str) -> Outco
     )
 
 
-def wait_exit(proc: Proc, timeout: float) -> int:
-    code = proc.wait(timeout)
-    proc.stop()
-    return code
+# -- scripts and Locust ---------------------------------------------------------------------
+
+#: A script that queues ``argv[2]`` tasks each with ``ggopool.go``, a pool's ``go`` and
+#: ``ggopool.spawn`` (each writes a line to ``argv[1]``), one DNS lookup through gevent's
+#: threadpool, and ends.
+SCRIPT_ENDS = """
+    import os, sys
+    import gevent, gevent.socket
+    import ggopool
+
+    fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write_line(kind, i):
+        gevent.sleep(0.001)
+        os.write(fd, f"{kind} {i}\\n".encode())
+
+    def resolve():
+        # The first use of gevent's threadpool, at exit: DNS through the default resolver.
+        host = gevent.socket.getaddrinfo("localhost", 80)[0][4][0]
+        os.write(fd, f"dns {host}\\n".encode())
+
+    pool = ggopool.new_pool("lines", 4)
+    for i in range(int(sys.argv[2])):
+        ggopool.go(write_line, "go", i)
+        pool.go(write_line, "pool", i)
+        ggopool.spawn(write_line, "spawn", i)
+    ggopool.go(resolve)
+    print("queued", flush=True)
+"""
+
+#: A locustfile whose users queue a task on an untracked pool every 20 ms, and, as each
+#: user stops, one on a tracked pool whose drain at test_stop is shorter than they take.
+#: Every task writes a line to ``$SHUTDOWN_LINES`` when queued and when done.
+LOCUSTFILE = """
+    import os
+    import gevent
+    import ggopool
+    from locust import User, constant, events, task
+    from ggopool.locust import track
+
+    fd = os.open(os.environ["SHUTDOWN_LINES"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    jobs = ggopool.new_pool("jobs", 1)  # untracked: nothing drains it at test_stop
+    slow = track(ggopool.new_pool("slow", 1), drain_timeout=0.2)
+
+    def job(kind, i, seconds):
+        gevent.sleep(seconds)
+        os.write(fd, f"done {kind} {i}\\n".encode())
+
+    n = 0
+
+    class Worker(User):
+        wait_time = constant(0.02)
+
+        @task
+        def queue(self):
+            global n
+            n += 1
+            os.write(fd, f"queued jobs {n}\\n".encode())
+            jobs.go(job, "jobs", n, 0.02)
+
+        def on_stop(self):
+            global n
+            n += 1
+            os.write(fd, f"queued slow {n}\\n".encode())
+            slow.go(job, "slow", n, 0.1)
+
+    @events.quitting.add_listener
+    def backlog(environment, **kwargs):
+        os.write(fd, f"pending at quit {jobs.stats().pending}\\n".encode())
+"""
+
+
+def write_script(tmp: Path, text: str, name: str = "script.py") -> Path:
+    path = tmp / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def run_locust(tmp: Path, users: int, seconds: int) -> tuple[Proc, list[list[str]]]:
+    """`LOCUSTFILE`, headless, ``users`` users for ``seconds``; the exited process and the
+    lines its tasks wrote, split."""
+    locustfile = write_script(tmp, LOCUSTFILE, "locustfile.py")
+    out = tmp / "lines.txt"
+    args = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "-u"]
+    args += [str(users), "-r", str(users), "-t", f"{seconds}s", "-H", "http://127.0.0.1:9"]
+    proc = Proc([*args, "--only-summary"], subprocess_env(SHUTDOWN_LINES=str(out)))
+    try:
+        proc.wait(30 + 2 * seconds)
+    finally:
+        proc.stop()
+    return proc, [line.split() for line in lines(out)]
 
 
 # -- the measurement: every stop path under a steady load -----------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class Load:
-    cap: int = 2
-    work_delay: float = 0.1
-    rate: float = 0.0  # orders/s over all clients; 0: 1.2x what the pools finish
+    cap: int = 2  # the app's background pool, per process
+    work_delay: float = 0.1  # seconds per audit write
+    load: float = 1.2  # orders sent per second, over what the pools finish
     stop_after: float = 4.0
     drain_timeout: float = 5.0
 
-    def orders_per_second(self, processes: int) -> float:
-        # An order's audit takes work_delay on one of cap workers; its webhook next to
+    def rate(self, processes: int) -> float:
+        # An order's audit takes work_delay on one of cap workers, its webhook next to
         # nothing: each process finishes about cap / work_delay orders a second.
-        return self.rate or 1.2 * processes * self.cap / self.work_delay
+        return self.load * processes * self.cap / self.work_delay
 
 
-def measure(path: str, load: Load, tmp: Path) -> Outcome:
-    """One stop path under ``load``: orders sent at a steady rate, the stop sent
-    ``stop_after`` seconds in, then everything counted."""
+SIGNALS = {
+    "gunicorn SIGTERM": signal.SIGTERM,
+    "gunicorn SIGQUIT": signal.SIGQUIT,
+    "gunicorn SIGHUP": signal.SIGHUP,
+    "pywsgi SIGTERM": signal.SIGTERM,
+    "pywsgi SIGINT": signal.SIGINT,
+}
+SERVER_PATHS = [*SIGNALS, "gunicorn --max-requests 200"]
+PATHS = [*SERVER_PATHS, "script", "locust"]
+
+
+def settle(tmp: Path, receiver: Receiver, timeout: float = 60) -> None:
+    """Wait until audit records and answered webhooks stop growing for 2 s."""
+    last, still = -1, 0.0
+    deadline = time.monotonic() + timeout
+    while still < 2.0 and time.monotonic() < deadline:
+        done = len(audit_records(tmp / "audit.jsonl")) + sum(receiver.answered.values())
+        still = still + 0.5 if done == last else 0.0
+        last = done
+        gevent.sleep(0.5)
+
+
+def measure_server(path: str, load: Load, tmp: Path) -> Outcome:
+    """Orders sent at a steady rate; the stop ``stop_after`` seconds in. A reload and
+    recycling are stops of their own: the load then goes on (for ``stop_after`` more
+    seconds after a reload), the backlog settles, and only then SIGTERM ends the run."""
     settings = {
         "background_cap": str(load.cap),
         "work_delay": str(load.work_delay),
@@ -318,77 +435,76 @@ def measure(path: str, load: Load, tmp: Path) -> Outcome:
     }
     with Receiver() as receiver:
         env = app_env(tmp, receiver, **settings)
-        gunicorn = path.startswith("gunicorn")
-        if gunicorn:
-            extra = ["--max-requests", "200"] if path == "gunicorn --max-requests" else []
-            g = start_gunicorn(env, *extra)
-            proc, url, pid = g.proc, g.url, g.master
+        if path.startswith("gunicorn"):
+            options = path.split()[1:] if path.endswith("200") else []
+            g = start_gunicorn(env, *options)
+            proc, url, pid, processes = g.proc, g.url, g.master, 2
         else:
             proc, url = start_pywsgi(env)
-            pid = proc.pid
+            pid, processes = proc.pid, 1
         try:
-            orders = Orders()
-            stop = Event()
-            clients = 8
-            pace = clients / load.orders_per_second(2 if gunicorn else 1)
+            orders, stop, clients = Orders(), Event(), 8
+            pace = clients / load.rate(processes)
             sender = gevent.spawn(place_orders, url, orders, 10**9, clients, stop=stop, pace=pace)
             gevent.sleep(load.stop_after)
-            sig = {
-                "gunicorn SIGTERM": signal.SIGTERM,
-                "gunicorn SIGQUIT": signal.SIGQUIT,
-                "gunicorn SIGHUP": signal.SIGHUP,
-                "pywsgi SIGTERM": signal.SIGTERM,
-                "pywsgi SIGINT": signal.SIGINT,
-            }.get(path)
+            sig = SIGNALS.get(path)
             if sig is not None:
                 os.kill(pid, sig)
             if sig == signal.SIGHUP:
-                gevent.sleep(load.stop_after)  # the new workers serve on
+                gevent.sleep(load.stop_after)
+            stop.set()
+            sender.join()
             if sig in (signal.SIGHUP, None):
-                stop.set()
-                sender.join()
+                settle(tmp, receiver)
                 os.kill(pid, signal.SIGTERM)
-            else:
-                stop.set()
-                sender.join()
-            wait_exit(proc, 60)
+            proc.wait(120)
         finally:
             proc.stop()
         return outcome(tmp, orders, receiver, proc.output)
 
 
-PATHS = [
-    "gunicorn SIGTERM",
-    "gunicorn SIGQUIT",
-    "gunicorn SIGHUP",
-    "gunicorn --max-requests",
-    "pywsgi SIGTERM",
-    "pywsgi SIGINT",
-]
+def measure(path: str, load: Load, tmp: Path) -> tuple[int, int, int]:
+    """Accepted, lost and logged as abandoned, for one stop path."""
+    if path in SERVER_PATHS:
+        result = measure_server(path, load, tmp)
+        return result.accepted, result.lost, result.abandoned
+    if path == "script":
+        out = tmp / "lines.txt"
+        proc = Proc([sys.executable, str(write_script(tmp, SCRIPT_ENDS)), str(out), "1000"])
+        try:
+            proc.wait(60)
+        finally:
+            proc.stop()
+        return 3001, 3001 - len(lines(out)), sum(abandoned(proc.output, "lines"))
+    proc, written = run_locust(tmp, users=4, seconds=int(load.stop_after))
+    queued = {tuple(w[1:]) for w in written if w[0] == "queued"}
+    done = {tuple(w[1:]) for w in written if w[0] == "done"}
+    logged = sum(abandoned(proc.output, "jobs") + abandoned(proc.output, "slow"))
+    return len(queued), len(queued - done), logged
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.shutdown_scenarios", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.shutdown_scenarios",
+        description="Measure what each stop path loses: the app's background cap, its "
+        "time per audit write, a load above what the pools finish, the stop some seconds "
+        "in; one run each.",
+    )
     parser.add_argument("--cap", type=int, default=Load.cap)
     parser.add_argument("--work-delay", type=float, default=Load.work_delay)
-    parser.add_argument("--rate", type=float, default=0.0, help="orders/s (0: 1.2x capacity)")
+    parser.add_argument("--load", type=float, default=Load.load, help="x what the pools finish")
     parser.add_argument("--stop-after", type=float, default=Load.stop_after)
     parser.add_argument("--drain-timeout", type=float, default=Load.drain_timeout)
     parser.add_argument("paths", nargs="*", default=PATHS, help=f"of {PATHS}")
     args = parser.parse_args(argv)
-    load = Load(args.cap, args.work_delay, args.rate, args.stop_after, args.drain_timeout)
-    print("| how the process stopped | accepted | lost | abandoned (logged) | tasks - ran |")
-    print("|---|---:|---:|---:|---:|")
-    import tempfile
-
+    load = Load(args.cap, args.work_delay, args.load, args.stop_after, args.drain_timeout)
+    print(f"{load}")
+    print("| how the process stopped | accepted | lost | logged as abandoned |")
+    print("|---|---:|---:|---:|")
     for path in args.paths:
         with tempfile.TemporaryDirectory() as tmp:
-            result = measure(path, load, Path(tmp))
-        print(
-            f"| {path} | {result.accepted:,} | {result.lost:,} | {result.abandoned:,} "
-            f"| {result.tasks - result.ran:,} |",
-            flush=True,
-        )
+            accepted, lost, logged = measure(path, load, Path(tmp))
+        print(f"| {path} | {accepted:,} | {lost:,} | {logged:,} |", flush=True)
     return 0
 
 

@@ -94,6 +94,7 @@ def test_gunicorn_reload_drains_the_old_workers(tmp_path: Path) -> None:
             place_orders(g.url, orders, ORDERS, CLIENTS)
             wait_held(receiver, orders)
             os.kill(g.master, signal.SIGHUP)
+            g.proc.wait_for(r"ggopool: draining: waiting up to", timeout=15, count=2)
             receiver.release()
             # The old workers leave once drained; new ones have booted meanwhile.
             for pid in g.workers:
