@@ -183,7 +183,7 @@ class Gunicorn:
 
 BOOTED = re.compile(r"Booting worker with pid: (\d+)")
 EXITED = re.compile(r"Worker exiting \(pid: (\d+)\)")
-RECYCLING = re.compile(r"\[(\d+)\] \[INFO\] Autorestarting worker")
+AUTORESTARTING = re.compile(r"\[(\d+)\] \[INFO\] Autorestarting worker")
 
 
 def wait_serving(g: Gunicorn, timeout: float = 20) -> set[int]:
@@ -200,7 +200,7 @@ def wait_serving(g: Gunicorn, timeout: float = 20) -> set[int]:
     def ready() -> set[int] | None:
         output = g.proc.output
         live = {int(p) for p in BOOTED.findall(output)} - {int(p) for p in EXITED.findall(output)}
-        live -= {int(p) for p in RECYCLING.findall(output)}
+        live -= {int(p) for p in AUTORESTARTING.findall(output)}
         if len(live) == 2 and live <= answered:
             return live
         http = client(g.url)
@@ -318,8 +318,9 @@ SCRIPT_ENDS = """
     print("queued", flush=True)
 """
 
-#: A locustfile whose users queue a task on an untracked pool every 20 ms, and, as each
-#: user stops, one on a tracked pool whose drain at test_stop is shorter than they take.
+#: A locustfile whose users queue a 10 ms task every 20 ms on an untracked pool of cap 1
+#: (4 users queue about twice what it finishes), and, as each user stops, one on a
+#: tracked pool whose drain at test_stop is shorter than they take.
 #: Every task writes a line to ``$SHUTDOWN_LINES`` when queued and when done.
 LOCUSTFILE = """
     import os
@@ -346,7 +347,7 @@ LOCUSTFILE = """
             global n
             n += 1
             os.write(fd, f"queued jobs {n}\\n".encode())
-            jobs.go(job, "jobs", n, 0.02)
+            jobs.go(job, "jobs", n, 0.01)
 
         def on_stop(self):
             global n
@@ -395,6 +396,7 @@ class Load:
     load: float = 1.2  # orders sent per second, over what the pools finish
     stop_after: float = 4.0
     drain_timeout: float = 5.0
+    max_requests: int = 200
 
     def rate(self, processes: int) -> float:
         # An order's audit takes work_delay on one of cap workers, its webhook next to
@@ -409,8 +411,8 @@ SIGNALS = {
     "pywsgi SIGTERM": signal.SIGTERM,
     "pywsgi SIGINT": signal.SIGINT,
 }
-SERVER_PATHS = [*SIGNALS, "gunicorn --max-requests 200"]
-PATHS = [*SERVER_PATHS, "script", "locust"]
+RECYCLING = "gunicorn --max-requests"
+PATHS = [*SIGNALS, RECYCLING, "script", "locust"]
 
 
 def settle(tmp: Path, receiver: Receiver, timeout: float = 60) -> None:
@@ -436,7 +438,7 @@ def measure_server(path: str, load: Load, tmp: Path) -> Outcome:
     with Receiver() as receiver:
         env = app_env(tmp, receiver, **settings)
         if path.startswith("gunicorn"):
-            options = path.split()[1:] if path.endswith("200") else []
+            options = ["--max-requests", str(load.max_requests)] if path == RECYCLING else []
             g = start_gunicorn(env, *options)
             proc, url, pid, processes = g.proc, g.url, g.master, 2
         else:
@@ -463,11 +465,19 @@ def measure_server(path: str, load: Load, tmp: Path) -> Outcome:
         return outcome(tmp, orders, receiver, proc.output)
 
 
-def measure(path: str, load: Load, tmp: Path) -> tuple[int, int, int]:
-    """Accepted, lost and logged as abandoned, for one stop path."""
-    if path in SERVER_PATHS:
-        result = measure_server(path, load, tmp)
-        return result.accepted, result.lost, result.abandoned
+@dataclass(frozen=True)
+class Measured:
+    accepted: int  # orders (202 read), or tasks queued by a script or Locust
+    lost: int  # of those, not fully done
+    not_run: int  # tasks accepted and not run
+    logged: int  # tasks logged as abandoned
+
+
+def measure(path: str, load: Load, tmp: Path) -> Measured:
+    """One run of one stop path."""
+    if path in SIGNALS or path == RECYCLING:
+        r = measure_server(path, load, tmp)
+        return Measured(r.accepted, r.lost, r.tasks - r.ran, r.abandoned)
     if path == "script":
         out = tmp / "lines.txt"
         proc = Proc([sys.executable, str(write_script(tmp, SCRIPT_ENDS)), str(out), "1000"])
@@ -475,12 +485,13 @@ def measure(path: str, load: Load, tmp: Path) -> tuple[int, int, int]:
             proc.wait(60)
         finally:
             proc.stop()
-        return 3001, 3001 - len(lines(out)), sum(abandoned(proc.output, "lines"))
+        lost = 3001 - len(lines(out))
+        return Measured(3001, lost, lost, sum(abandoned(proc.output, "lines")))
     proc, written = run_locust(tmp, users=4, seconds=int(load.stop_after))
     queued = {tuple(w[1:]) for w in written if w[0] == "queued"}
-    done = {tuple(w[1:]) for w in written if w[0] == "done"}
+    lost = len(queued - {tuple(w[1:]) for w in written if w[0] == "done"})
     logged = sum(abandoned(proc.output, "jobs") + abandoned(proc.output, "slow"))
-    return len(queued), len(queued - done), logged
+    return Measured(len(queued), lost, lost, logged)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -488,23 +499,35 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m tests.shutdown_scenarios",
         description="Measure what each stop path loses: the app's background cap, its "
         "time per audit write, a load above what the pools finish, the stop some seconds "
-        "in; one run each.",
+        "in; one run each. Orders for the servers, tasks for the script and Locust.",
     )
     parser.add_argument("--cap", type=int, default=Load.cap)
     parser.add_argument("--work-delay", type=float, default=Load.work_delay)
     parser.add_argument("--load", type=float, default=Load.load, help="x what the pools finish")
     parser.add_argument("--stop-after", type=float, default=Load.stop_after)
     parser.add_argument("--drain-timeout", type=float, default=Load.drain_timeout)
+    parser.add_argument("--max-requests", type=int, default=Load.max_requests)
     parser.add_argument("paths", nargs="*", default=PATHS, help=f"of {PATHS}")
     args = parser.parse_args(argv)
-    load = Load(args.cap, args.work_delay, args.load, args.stop_after, args.drain_timeout)
-    print(f"{load}")
-    print("| how the process stopped | accepted | lost | logged as abandoned |")
-    print("|---|---:|---:|---:|")
+    load = Load(
+        args.cap,
+        args.work_delay,
+        args.load,
+        args.stop_after,
+        args.drain_timeout,
+        args.max_requests,
+    )
+    print(load)
+    print("| how the process stopped | accepted | lost | tasks not run | logged as abandoned |")
+    print("|---|---:|---:|---:|---:|")
     for path in args.paths:
         with tempfile.TemporaryDirectory() as tmp:
-            accepted, lost, logged = measure(path, load, Path(tmp))
-        print(f"| {path} | {accepted:,} | {lost:,} | {logged:,} |", flush=True)
+            m = measure(path, load, Path(tmp))
+        label = f"{path} {load.max_requests}" if path == RECYCLING else path
+        print(
+            f"| {label} | {m.accepted:,} | {m.lost:,} | {m.not_run:,} | {m.logged:,} |",
+            flush=True,
+        )
     return 0
 
 
