@@ -61,9 +61,10 @@ def set_exit_drain(deadline: float | None) -> None:
     the ``ggopool`` logger at WARNING (so it reaches stderr even when the application
     configured no logging), one line per pool it had to abandon::
 
-        ggopool: pool 'audit': 37 tasks abandoned at exit (35 queued, 2 running) after
-        the 5.0 s deadline
+        ggopool: pool 'audit': 37 tasks abandoned at exit (35 queued, 2 running) after the
+        5.0 s deadline
 
+    (one line).
     A second Ctrl-C (or any exception thrown into the drain) ends it at once, with the
     same lines saying it was interrupted.
 
@@ -167,19 +168,11 @@ def _drain(timeout: float | None, left: str, hint: str) -> bool:
             busy[0].join(wait)
     except BaseException as exc:
         elapsed = time.monotonic() - started
-        _report(
-            _busy(), left, f"when the drain was interrupted by {_kind(exc)} after {elapsed:.1f} s"
-        )
+        why = f"when the drain was interrupted by {type(exc).__name__} after {elapsed:.1f} s"
+        _report(_busy(), left, why)
         raise
     finally:
         _drainer = previous
-
-
-def _kind(exc: BaseException) -> str:
-    try:
-        return type(exc).__name__
-    except Exception:  # noqa: BLE001 - a report must never raise
-        return "an exception"
 
 
 def _note(busy: list[Pool], remaining: float, hint: str) -> None:

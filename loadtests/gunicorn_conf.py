@@ -25,7 +25,7 @@ import ggopool
 from ggopool.gunicorn import worker_exit, worker_int
 from loadtests.app import start_worker_process
 
-__all__ = ["post_fork", "worker_exit", "worker_int"]
+__all__ = ["post_fork", "post_worker_init", "worker_exit", "worker_int"]
 
 if os.environ.get("LOADTESTS_DRAIN_TIMEOUT"):
     ggopool.set_exit_drain(float(os.environ["LOADTESTS_DRAIN_TIMEOUT"]))
@@ -33,3 +33,10 @@ if os.environ.get("LOADTESTS_DRAIN_TIMEOUT"):
 
 def post_fork(server: Any, worker: Any) -> None:
     start_worker_process()
+
+
+def post_worker_init(worker: Any) -> None:
+    # From here on the worker has its own signal handlers: a stop signal the master
+    # forwards to it now is obeyed (one that came earlier met the master's handlers,
+    # copied by the fork, and was lost). Tests wait for this line before they signal.
+    worker.log.info("Worker ready (pid: %s)", worker.pid)

@@ -38,7 +38,6 @@ from tests.deploy_helpers import (
     audit_records,
     client,
     request_json,
-    stats,
     subprocess_env,
     wait_until,
 )
@@ -181,36 +180,30 @@ class Gunicorn:
     workers: set[int]
 
 
-BOOTED = re.compile(r"Booting worker with pid: (\d+)")
 EXITED = re.compile(r"Worker exiting \(pid: (\d+)\)")
 AUTORESTARTING = re.compile(r"\[(\d+)\] \[INFO\] Autorestarting worker")
 
 
-def wait_serving(g: Gunicorn, timeout: float = 20) -> set[int]:
-    """Wait until two workers are up, neither of them leaving, and each has answered a
-    request; their pids.
+READY = re.compile(r"Worker ready \(pid: (\d+)\)")
 
-    A worker installs its signal handlers before it serves: until then a signal the master
-    forwards meets the handlers copied from the master, which only queue it for the
+
+def wait_serving(g: Gunicorn, timeout: float = 30) -> set[int]:
+    """Wait until two workers are ready (``loadtests/gunicorn_conf.py``'s
+    ``post_worker_init`` says so) and neither is leaving; their pids.
+
+    A worker installs its signal handlers just before it is ready: until then a signal the
+    master forwards meets the handlers copied from the master, which only queue it for the
     master, and the worker never stops. So a test signals the master only once every
-    worker has served.
+    worker is ready.
     """
-    answered: set[int] = set()
 
     def ready() -> set[int] | None:
         output = g.proc.output
-        live = {int(p) for p in BOOTED.findall(output)} - {int(p) for p in EXITED.findall(output)}
+        live = {int(p) for p in READY.findall(output)} - {int(p) for p in EXITED.findall(output)}
         live -= {int(p) for p in AUTORESTARTING.findall(output)}
-        if len(live) == 2 and live <= answered:
-            return live
-        http = client(g.url)
-        try:
-            answered.add(stats(http)["pid"])
-        finally:
-            http.close()
-        return None
+        return live if len(live) == 2 else None
 
-    return wait_until(ready, timeout, "two workers serving")
+    return wait_until(ready, timeout, "two workers ready")
 
 
 def start_gunicorn(env: dict[str, str], *options: str) -> Gunicorn:
@@ -319,8 +312,8 @@ SCRIPT_ENDS = """
 """
 
 #: A locustfile whose users queue a 10 ms task every 20 ms on an untracked pool of cap 1
-#: (4 users queue about twice what it finishes), and, as each user stops, one on a
-#: tracked pool whose drain at test_stop is shorter than they take.
+#: (4 users queue about twice what it finishes) and 25 more as each stops, and, then, one
+#: on a tracked pool whose drain at test_stop is shorter than they take.
 #: Every task writes a line to ``$SHUTDOWN_LINES`` when queued and when done.
 LOCUSTFILE = """
     import os
@@ -351,6 +344,10 @@ LOCUSTFILE = """
 
         def on_stop(self):
             global n
+            for _ in range(25):  # the last tasks a user queues, as it stops
+                n += 1
+                os.write(fd, f"queued jobs {n}\\n".encode())
+                jobs.go(job, "jobs", n, 0.01)
             n += 1
             os.write(fd, f"queued slow {n}\\n".encode())
             slow.go(job, "slow", n, 0.1)

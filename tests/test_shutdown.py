@@ -3,10 +3,12 @@ process. The stop paths of real processes are in the other ``test_shutdown_*.py`
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
 import threading
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,17 +89,42 @@ def test_drain_notes_what_it_waits_for_once(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_shutdown, "NOTE_AFTER", 0.02)
-    gate = Event()
-    pool = ggopool.new_pool("drain-noted", 1)
-    pool.go(gate.wait)
-    pool.go(gate.wait)
-    gevent.spawn_later(0.2, gate.set)
+    first, second = Event(), Event()
+    a, b = ggopool.new_pool("drain-noted-a", 1), ggopool.new_pool("drain-noted-b", 1)
+    a.go(first.wait)
+    a.go(first.wait)
+    b.go(second.wait)
+    # After the note, the drain goes on waiting: first for a, then for b.
+    gevent.spawn_later(0.1, first.set)
+    gevent.spawn_later(0.2, second.set)
     with caplog.at_level(logging.WARNING, logger="ggopool"):
         assert ggopool.drain()
     [note] = warnings(caplog)
-    assert (
-        note == "ggopool: draining: waiting as long as it takes for 2 tasks of pool 'drain-noted'"
+    assert note == (
+        "ggopool: draining: waiting as long as it takes for 3 tasks of pools "
+        "'drain-noted-a', 'drain-noted-b'"
     )
+
+
+def test_a_report_never_raises(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_shutdown, "NOTE_AFTER", 0.0)
+    gate = Event()
+    pool = ggopool.new_pool("drain-broken-stats", 1)
+    pool.go(gate.wait)
+    gevent.idle()
+
+    def broken() -> ggopool.PoolStats:
+        raise RuntimeError("no stats")
+
+    monkeypatch.setattr(pool, "stats", broken)
+    with caplog.at_level(logging.WARNING, logger="ggopool"):
+        assert ggopool.drain(0.01) is False  # neither the note nor the report raised
+    assert warnings(caplog) == []
+    monkeypatch.undo()
+    gate.set()
+    assert ggopool.drain(5)
 
 
 def test_an_exception_thrown_into_the_drain_is_reported_and_raised(
@@ -285,3 +312,64 @@ def test_with_pool_waits_for_the_queue_after_an_exception_but_not_after_an_inter
     gate.set()
     assert pool.join(5)
     assert pool.stats().completed == 2
+
+
+def test_the_exit_drain_registers_with_atexit_where_threading_cannot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registered: list[object] = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+
+    def shutting_down(callback: object) -> None:
+        raise RuntimeError("can't register atexit after shutdown")
+
+    monkeypatch.setattr(threading, "_register_atexit", shutting_down)
+    _shutdown._register(_shutdown.exit_drain)
+    monkeypatch.delattr(threading, "_register_atexit")
+    _shutdown._register(_shutdown.exit_drain)
+    assert registered == [_shutdown.exit_drain, _shutdown.exit_drain]
+
+
+# -- ggopool.gunicorn's hooks, called as gunicorn calls them ------------------------------------
+# gunicorn runs them in real workers in test_shutdown_servers.py; here, the edges a worker
+# rarely reaches. The worker is a stand-in with the attributes the hooks read.
+
+
+def gunicorn_worker(pid: int, graceful_timeout: float, timeout: float) -> Any:
+    cfg = types.SimpleNamespace(graceful_timeout=graceful_timeout, timeout=timeout)
+    return types.SimpleNamespace(pid=pid, cfg=cfg, log=logging.getLogger("gunicorn.error"))
+
+
+def test_gunicorn_worker_exit_in_the_master_does_nothing() -> None:
+    from ggopool.gunicorn import worker_exit
+
+    _shutdown._exit_drained_pid = None
+    worker_exit(None, gunicorn_worker(os.getpid() + 1, 30, 30))  # a worker that had gone
+    assert _shutdown._exit_drained_pid is None
+
+
+def test_gunicorn_worker_exit_drains_until_a_second_before_graceful_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from ggopool.gunicorn import worker_exit
+
+    gate = Event()
+    pool = ggopool.new_pool("gunicorn-limit", 1)
+    pool.go(gate.wait)
+    gevent.idle()
+    ggopool.set_exit_drain(30)
+    _shutdown._exit_drained_pid = None
+    with caplog.at_level(logging.WARNING, logger="ggopool"):
+        worker_exit(None, gunicorn_worker(os.getpid(), 1.1, 0))  # timeout 0: no heartbeat limit
+    assert warnings(caplog) == [
+        "ggopool: pool 'gunicorn-limit': 1 tasks abandoned at exit (0 queued, 1 running) "
+        "after the 0.1 s deadline"
+    ]
+    gate.set()
+    assert ggopool.drain(5)
+
+
+def test_gunicorn_worker_int_outside_a_gevent_worker_returns_at_once() -> None:
+    from ggopool.gunicorn import worker_int
+
+    worker_int(gunicorn_worker(os.getpid(), 30, 30))  # from the main greenlet: no hold

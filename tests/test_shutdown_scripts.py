@@ -36,7 +36,7 @@ def test_a_script_that_ends_runs_every_queued_task_at_exit(tmp_path: Path) -> No
     assert len(written) == 3001
     assert len(dns) == 1
     assert re.fullmatch(r"dns \S+", dns[0]), proc.output
-    assert "ggopool" not in proc.output
+    assert ABANDONED.search(proc.output) is None
 
 
 SCRIPT_TOO_LONG = """
