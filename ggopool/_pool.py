@@ -525,8 +525,20 @@ class Pool:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Close the pool; then wait for what it holds, unless the block is being
+        interrupted.
+
+        Leaving normally or with an ``Exception``: wait until every queued task has run,
+        as ``concurrent.futures``' executors do, so an error in the block loses nothing
+        already queued. Leaving with any other ``BaseException`` (Ctrl-C's
+        KeyboardInterrupt, ``sys.exit()``, a ``gevent.Timeout``, a kill): do not wait, so
+        the interruption goes on at once. The queued tasks stay queued and run whenever
+        the hub runs; if the process is exiting, the exit drain waits for them up to its
+        deadline and logs what it abandons (see `ggopool.set_exit_drain`).
+        """
         self.close()
-        self.join()
+        if exc_type is None or issubclass(exc_type, Exception):
+            self.join()
 
     # -- counts ------------------------------------------------------------------------
 
