@@ -121,25 +121,20 @@ def report_failure(
     try:
         hub = get_hub()
         handler = pool._panic_handler
+        spawned = None  # a spawned Task: the hub gets it as context, as gevent a greenlet
+        if is_task_runner(fn, pool):
+            # Name the callable the caller submitted and its arguments, not the runner.
+            handle = fn.__self__  # type: ignore[attr-defined]
+            spawned = handle if handle._spawned else None
+            fn, args, kwargs = handle._fn, args[0], args[1]
+        failed = FailedTask(pool, fn, args=args, kwargs=kwargs)
         if handler is None or not isinstance(exc, Exception) or isinstance(exc, hub.SYSTEM_ERROR):
-            context: object
-            if is_task_runner(fn, pool):
-                handle = fn.__self__  # type: ignore[attr-defined]
-                if handle._spawned:
-                    # A spawned task: the hub gets the task itself, as gevent gives it a
-                    # failed greenlet.
-                    context = handle
-                else:
-                    # A submitted task reaches here only with a system error; name the
-                    # callable the caller submitted and its arguments, not the runner.
-                    context = FailedTask(pool, handle._fn, args=args[0], kwargs=args[1])
-            else:
-                context = FailedTask(pool, fn, args=args, kwargs=kwargs)
+            # (A submitted task that is not spawned reaches here only with a system error.)
+            context = failed if spawned is None else spawned
             hub.handle_error(context, type(exc), exc, exc.__traceback__)
             return
         try:
             # In the task's own context, so a handler that logs sees the task's request id.
-            failed = FailedTask(pool, fn, args=args, kwargs=kwargs)
             ctx.run(_call_handler, handler, failed, ctx, exc)
         except GreenletExit:
             raise  # the worker was killed while in the handler: it ends, as in a task
@@ -157,13 +152,17 @@ def report_failure(
 
 
 def report_task_failure(
-    task: Task[Any], ctx: contextvars.Context | None, exc: BaseException
+    task: Task[Any],
+    ctx: contextvars.Context | None,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    exc: BaseException,
 ) -> None:
     """A spawned task killed before it ran, with an exception that is not a GreenletExit:
     report it as if it had raised that (gevent reports a greenlet killed so). Never raises."""
     if ctx is None:
         ctx = contextvars.Context()
-    report_failure(task._pool, ctx, task._run, ((), {}), {}, exc)
+    report_failure(task._pool, ctx, task._run, (args, kwargs), {}, exc)
 
 
 def report_worker_failure(pool: Pool, exc: BaseException) -> None:

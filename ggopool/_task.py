@@ -498,7 +498,7 @@ class Task(_TaskBase, Generic[T]):
         started."""
         exc = as_exception(exception)
         self._state = _CANCELLED
-        ctx = self._ctx
+        ctx, args, kwargs = self._ctx, self._args, self._kwargs
         if isinstance(exc, GreenletExit):
             self._set_outcome(exc, None, None)
             return
@@ -506,7 +506,7 @@ class Task(_TaskBase, Generic[T]):
         if self._spawned:
             from ggopool._panic import report_task_failure  # _panic imports this module
 
-            report_task_failure(self, ctx, exc)
+            report_task_failure(self, ctx, args, kwargs, exc)
 
     # -- spawn_later ---------------------------------------------------------------------
 

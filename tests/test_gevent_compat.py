@@ -451,11 +451,22 @@ def test_a_spawned_failure_is_reported_a_submitted_one_is_not(hub_errors: HubErr
     assert str(value) == "spawned"
     assert pool.stats().failed == 2
 
-    handled: list[tuple[object, BaseException]] = []
-    pool.set_panic_handler(lambda ctx, exc: handled.append((ctx, exc)))
+    handled: list[tuple[str, BaseException]] = []
+
+    def handler(ctx: object, exc: BaseException) -> None:
+        failed = ggopool.failed_task()
+        assert failed is not None
+        handled.append((failed.call, exc))
+
+    pool.set_panic_handler(handler)
     again = pool.spawn(fail, "handled")
     again.join()
-    assert [str(exc) for _, exc in handled] == ["handled"]
+    killed = pool.spawn(fail, "never runs")
+    killed.kill(ExpectedError("killed"))
+    assert [(call, str(exc)) for call, exc in handled] == [
+        ("fail('handled')", "handled"),
+        ("fail('never runs')", "killed"),
+    ]
     assert hub_errors.take() == []
     with pytest.raises(ExpectedError):
         again.get()  # and the caller still gets it
