@@ -60,6 +60,9 @@ class _Membership:
             room.set()
 
 
+_NO_MEMBERS: frozenset[Any] = frozenset()
+
+
 class GeventPoolMixin:
     """What ``gevent.pool.Pool`` offers, with gevent's meaning, for `Pool` to inherit.
 
@@ -92,8 +95,10 @@ class GeventPoolMixin:
         return membership
 
     @property
-    def _members(self) -> set[Any]:
-        return self._membership().tasks
+    def _members(self) -> set[Any] | frozenset[Any]:
+        # For reading: a pool that never had a member gets no entry for being asked.
+        membership = _membership.get(id(self))
+        return _NO_MEMBERS if membership is None else membership.tasks
 
     # -- members -----------------------------------------------------------------------
 
@@ -375,14 +380,31 @@ class GeventPoolMixin:
             if block:
                 task.join(timeout)
 
-    def _kill_added_members(self, exception: object) -> list[Any]:
-        """For `Pool.kill`: kill the members `add` gave this pool that are not its own
-        tasks (greenlets, other pools' tasks), without waiting; return them."""
-        added = [
+    def _added_members(self) -> list[Any]:
+        """The members `add` gave this pool that are not its own tasks."""
+        return [
             member
             for member in self._members
             if not (isinstance(member, _Task) and member._pool is self)
         ]
+
+    def _join_added_members(self, timeout: float | None) -> bool:
+        """For `Pool.join`: wait up to ``timeout`` seconds for the added members (a raw
+        greenlet, which cannot be waited for, stays until discarded); True if none is left."""
+        added = self._added_members()
+        if added:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            for member in added:
+                join = getattr(member, "join", None)
+                if join is not None:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    join(left)
+        return not any(getattr(member, "join", None) and not member.dead for member in added)
+
+    def _kill_added_members(self, exception: object) -> list[Any]:
+        """For `Pool.kill`: kill the members `add` gave this pool that are not its own
+        tasks (greenlets, other pools' tasks), without waiting; return them."""
+        added = self._added_members()
         for member in added:
             kill = getattr(member, "kill", None)
             if kill is not None:
@@ -397,9 +419,6 @@ class GeventPoolMixin:
         for member in members:
             exc = getattr(member, "exception", None)
             if isinstance(exc, BaseException):
-                raise_exception = getattr(member, "_raise_exception", None)
-                if raise_exception is not None:
-                    raise_exception()
                 raise exc
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 import sys
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -429,6 +430,7 @@ class Pool(GeventPoolMixin):
         """
         timeout = check_timeout(timeout)
         members = list(self._members) if raise_error else []
+        started = time.monotonic()
         if self._is_quiet():
             quiet = True
         elif getcurrent() in self._greenlets:
@@ -440,6 +442,10 @@ class Pool(GeventPoolMixin):
             if self._quiet is None:
                 self._quiet = Event()
             quiet = bool(self._quiet.wait(timeout))
+        if quiet:
+            # And the members `add` gave it, as gevent's join waits for its greenlets.
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            quiet = self._join_added_members(left)
         self._raise_member_error(members)
         return quiet
 
@@ -532,7 +538,9 @@ class Pool(GeventPoolMixin):
                     self._exited = Event()
                 self._exited.wait()
             for member in added:
-                member.join()
+                join = getattr(member, "join", None)  # not a raw greenlet's
+                if join is not None:
+                    join()
         return not any(worker in self._greenlets for worker in greenlets) and all(
             getattr(member, "dead", True) for member in added
         )

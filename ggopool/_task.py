@@ -16,7 +16,7 @@ from greenlet import GreenletExit, getcurrent
 from greenlet import greenlet as RawGreenlet
 
 from ggopool._config import check_timeout
-from ggopool._describe import describe_call, plain
+from ggopool._describe import describe_call
 from ggopool._errors import TaskCancelled
 
 if TYPE_CHECKING:
@@ -184,12 +184,9 @@ class Task(_TaskBase, Generic[T]):
 
     def __repr__(self) -> str:
         name = "" if self._name is None else f" {self._name!r}"
-        call = describe_call(self._fn, self._args, self._kwargs)
-        try:
-            pool = repr(self._pool.name)
-        except BaseException:  # noqa: BLE001 - a repr never raises
-            pool = plain(self._pool)
-        return f"<ggopool.Task{name} of pool {pool} {self._state} at {id(self):#x}: {call}>"
+        call = describe_call(self._fn, self._args, self._kwargs)  # never raises
+        pool = self._pool.name  # a str, checked when the pool was made
+        return f"<ggopool.Task{name} of pool {pool!r} {self._state} at {id(self):#x}: {call}>"
 
     # -- run by the worker -------------------------------------------------------------
 

@@ -897,3 +897,167 @@ def test_a_queue_fed_imap_ends_when_the_input_does() -> None:
     q.put(1)
     gevent.spawn_later(0.01, q.put, StopIteration)
     assert list(pool.imap(abs, q)) == [1]
+
+
+def test_kill_reads_its_exception_as_gevent_does(hub_errors: HubErrors) -> None:
+    # A class, an instance, a (type, value, tb) triple, or anything else, wrapped.
+    pool = ggopool.new_pool("kill-args", 1)
+    gate = Event()
+    pool.spawn(gate.wait)
+    gevent.idle()
+    odd = pool.submit(gate.wait)
+    odd.kill(42)
+    assert type(odd.exception) is BaseException
+    assert odd.exception.args == (42,)
+    triple = pool.submit(gate.wait)
+    error = ExpectedError("triple")
+    triple.kill((ExpectedError, error, None))
+    assert triple.exception is error
+    assert hub_errors.take() == []  # submitted: not reported
+    gate.set()
+    pool.join()
+
+
+def test_a_second_kill_and_a_throw_from_inside_the_task(hub_errors: HubErrors) -> None:
+    gate = Event()
+    task = ggopool.spawn(gate.wait)
+    gevent.idle()
+    task.kill(block=False)
+    task.kill(ExpectedError, block=False)  # the first kill's exception stands
+    task.join(timeout=5)
+    assert isinstance(value_of(task), GreenletExit)
+    handle: list[Task[None]] = []
+
+    def throws_into_itself() -> None:
+        handle[0].throw(ExpectedError("self"))
+
+    handle.append(ggopool.spawn(throws_into_itself))
+    handle[0].join(timeout=5)
+    assert isinstance(handle[0].exception, ExpectedError)
+    assert len(hub_errors.take()) == 1
+
+
+def test_a_raising_link_is_reported_and_the_next_link_runs(hub_errors: HubErrors) -> None:
+    ran: list[str] = []
+
+    def raising(t: Task[Any]) -> None:
+        raise ExpectedError("in a link")
+
+    task = ggopool.spawn(int)
+    task.rawlink(raising)
+    task.rawlink(lambda t: ran.append("next"))
+    task.join()
+    gevent.idle()
+    assert ran == ["next"]
+    [(context, type_, _)] = hub_errors.take()
+    assert type_ is ExpectedError
+    assert context == (raising, task)
+    assert repr(task.link) != ""  # a link's repr is its callback's
+    with pytest.raises(TypeError, match=r"^callback must be callable, got None$"):
+        task.link(None)  # type: ignore[arg-type]
+
+
+def test_a_failed_report_of_a_spawned_task_loses_neither_task_nor_worker(
+    hub_errors: HubErrors, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # gevent's test_stderr_raising: the hub's report itself fails (a broken stderr).
+    pool = gevent_like_pool(1)
+    hub = gevent.get_hub()
+    recorder = hub.handle_error
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("writing to the file failed")
+
+    hub.handle_error = broken  # type: ignore[method-assign,assignment]
+    try:
+        task = pool.spawn(fail, "reported")
+        with pytest.raises(ExpectedError):
+            task.get(timeout=5)
+        gevent.idle()
+    finally:
+        hub.handle_error = recorder  # type: ignore[method-assign]
+    assert pool.free_count() == 1
+    assert pool.apply(int, ("4",)) == 4  # the worker lives on
+    assert "reporting it failed with RuntimeError" in capfd.readouterr().err
+
+
+def test_an_exception_killing_a_parked_worker_is_reported_as_the_workers(
+    hub_errors: HubErrors,
+) -> None:
+    pool = ggopool.new_pool("parked", 1)
+    worker = pool.submit(gevent.getcurrent).get()
+    gevent.idle()
+    gevent.kill(worker, ExpectedError("between tasks"))
+    gevent.idle()
+    [(context, type_, _)] = hub_errors.take()
+    assert type_ is ExpectedError
+    assert "not running a task" in repr(context)
+    assert pool.submit(int, "2").get(timeout=5) == 2
+
+
+def test_bad_input_to_the_pool_surface_changes_nothing() -> None:
+    pool = gevent_like_pool(2)
+    calls: list[Callable[[], object]] = [
+        lambda: pool.spawn(None),  # type: ignore[arg-type]
+        lambda: pool.apply(None),  # type: ignore[arg-type]
+        lambda: pool.apply_async(None),  # type: ignore[arg-type]
+        lambda: pool.map(None, [1]),  # type: ignore[arg-type]
+        lambda: pool.map_async(None, [1]),  # type: ignore[arg-type]
+    ]
+    for call in calls:
+        with pytest.raises(TypeError, match=r"^fn must be callable, got None$"):
+            call()
+    with pytest.raises(TypeError, match=r"^callback must be callable or None, got 1$"):
+        pool.map_cb(abs, [1], callback=1)  # type: ignore[arg-type]
+    assert len(pool) == 0
+    assert pool.map_cb(abs, [-1]) == [1]  # no callback
+    pool.close()
+    with pytest.raises(ggopool.PoolClosed):
+        pool.spawn(int)
+    assert len(pool) == 0  # refused: never a member
+
+
+def test_kill_kills_added_members_and_join_raises_an_added_failure(
+    hub_errors: HubErrors,
+) -> None:
+    pool = gevent_like_pool(4)
+    gate = Event()
+    greenlet_member = gevent.spawn(gate.wait)
+    raw = gevent.spawn_raw(gate.wait)
+    other_pool_task = ggopool.spawn(gate.wait)
+    for member in (greenlet_member, raw, other_pool_task):
+        pool.add(member)
+    gevent.idle()
+    assert pool.kill(5) is True
+    assert greenlet_member.dead
+    assert raw.dead
+    assert other_pool_task.dead
+    pool.discard(raw)  # a raw greenlet stays a member until discarded, as in gevent
+    gevent.idle()  # a gevent greenlet leaves through its rawlink, from the hub
+    assert len(pool) == 0
+    failing = gevent.spawn(fail, "added")
+    pool.add(failing)
+    with pytest.raises(ExpectedError, match=r"^added$"):
+        pool.join(raise_error=True)
+    hub_errors.take()
+
+
+def test_adding_a_finished_task_leaves_the_pool_as_it_was() -> None:
+    pool = gevent_like_pool(1)
+    done = ggopool.spawn(int)
+    done.join()
+    pool.add(done)
+    assert len(pool) == 0
+    assert not pool.full()
+
+
+def test_a_killed_submitted_task_is_not_reported(hub_errors: HubErrors) -> None:
+    pool = ggopool.new_pool("quiet", 1)
+    gate = Event()
+    pool.submit(gate.wait)
+    queued = pool.submit(int)
+    queued.kill(ExpectedError)
+    assert isinstance(queued.exception, ExpectedError)
+    assert hub_errors.take() == []
+    gate.set()
+    pool.join()
