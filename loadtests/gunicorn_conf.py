@@ -1,6 +1,6 @@
 """gunicorn settings for the load-test app: build each worker's pools right after the fork.
 
-    gunicorn -k gevent -w 2 --preload --no-control-socket -b 127.0.0.1:8000 \\
+    gunicorn -k gevent -w 2 --preload -b 127.0.0.1:8000 \\
         -c python:loadtests.gunicorn_conf loadtests.app:app
 
 With ``--preload`` the app is imported once, in the master, and the workers are forked
