@@ -22,6 +22,7 @@ from ggopool._errors import PoolClosed, PoolFull, TaskCancelled
 from ggopool._group import TaskGroup
 from ggopool._panic import FailedTask, PanicHandler
 from ggopool._pool import Pool
+from ggopool._shutdown import drain, set_exit_drain  # importing it registers the exit drain
 from ggopool._stats import PoolStats
 from ggopool._task import Task
 from ggopool._version import __version__ as __version__
@@ -39,11 +40,13 @@ __all__ = [
     "TaskGroup",
     "ctx_go",
     "default_pool",
+    "drain",
     "get_pool",
     "go",
     "new_pool",
     "register_pool",
     "set_cap",
+    "set_exit_drain",
     "set_panic_handler",
     "spawn",
     "worker_count",

@@ -12,6 +12,9 @@ Routes:
 * ``POST /webhooks``: the webhook receiver the app notifies when no other is configured.
 * ``GET /stats``: this process's pools and counters as JSON (under gunicorn each worker
   answers for itself; ``pid`` says which).
+* ``GET /metrics``: the pools in Prometheus's text format (`ggopool.prometheus`), the two
+  pools measured with ``instrument``. With ``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn),
+  any worker answers for every worker process.
 
 Run it::
 
@@ -38,7 +41,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -47,8 +50,10 @@ import gevent.socket
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 from geventhttpclient import HTTPClient
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 import ggopool
+from ggopool.prometheus import MultiProcessPublisher, PoolCollector, instrument, multiprocess_mode
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -63,6 +68,9 @@ MAX_WIDGETS = 16
 MAX_BODY = 64 * 1024
 #: Seconds a dashboard waits for its widgets before it answers 504.
 GATHER_TIMEOUT = 10.0
+#: Seconds the pools get, once the server stopped, to finish their tasks (ggopool's exit
+#: drain); half of Docker's 10 s between SIGTERM and SIGKILL.
+DRAIN_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,7 @@ class CountedPool:
     def __init__(self, name: str, cap: int) -> None:
         self.pool = ggopool.new_pool(name, cap)
         self.pool.set_panic_handler(self._on_panic)
+        self.measured = instrument(self.pool)  # queue wait and peaks in /metrics
         self.submitted = 0
         self.completed = 0
         self.failed = 0
@@ -114,7 +123,7 @@ class CountedPool:
 
     def go(self, fn: Callable[..., object], /, *args: object) -> None:
         self.submitted += 1
-        self.pool.go(self._run, fn, args)
+        self.measured.go(self._run, fn, args)
         # Workers start only inside go() (or set_cap), so sampling here sees every peak.
         self.peak_workers = max(self.peak_workers, self.pool.worker_count())
 
@@ -199,6 +208,16 @@ class Process:
         self.dashboards = 0
         self.warmups = 0
         self._audit_fd: int | None = None
+        # /metrics: this process's pools, or with PROMETHEUS_MULTIPROC_DIR set (gunicorn)
+        # every process's, published by each process every second and at each scrape.
+        collector = PoolCollector([self.background.measured, self.fanout.measured])
+        self.registry = CollectorRegistry()
+        self.publisher: MultiProcessPublisher | None = None
+        if multiprocess_mode():
+            self.publisher = MultiProcessPublisher(collector)
+            self.publisher.start()
+        else:
+            self.registry.register(collector)
 
     def client(self, host: str, port: int, concurrency: int) -> HTTPClient:
         key = (host, port)
@@ -235,6 +254,11 @@ class Process:
         return {
             "pid": self.pid,
             "pools": {"background": self.background.stats(), "fanout": self.fanout.stats()},
+            # What each pool's stats() says, as /metrics reports it.
+            "pool_stats": {
+                pool.name: asdict(pool.stats())
+                for pool in (self.background.pool, self.fanout.pool, ggopool.default_pool())
+            },
             "orders": {
                 "accepted": self.orders_accepted,
                 "audited": self.audited.runs,
@@ -395,6 +419,12 @@ def get_dashboard(proc: Process, environ: WSGIEnvironment) -> Response:
     return _json("200 OK", {"pid": proc.pid, "widgets": results})
 
 
+def get_metrics(proc: Process) -> Response:
+    publisher = proc.publisher
+    body = publisher.scrape() if publisher is not None else generate_latest(proc.registry)
+    return "200 OK", body, CONTENT_TYPE_LATEST
+
+
 def get_leaf(proc: Process, kind: str, name: str) -> Response:
     gevent.sleep(proc.settings.work_delay)
     if kind == "widgets":
@@ -423,6 +453,8 @@ def route(proc: Process, environ: WSGIEnvironment) -> Response:
         return get_dashboard(proc, environ)
     if method == "GET" and path == "/stats":
         return _json("200 OK", proc.stats())
+    if method == "GET" and path == "/metrics":
+        return get_metrics(proc)
     if method == "GET" and path == "/":
         return get_page()
     if method == "GET" and len(parts) == 2 and parts[0] in ("assets", "widgets") and parts[1]:
@@ -480,12 +512,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-delay", type=float, default=defaults.work_delay)
     parser.add_argument("--audit-file", default=defaults.audit_file)
     parser.add_argument("--webhook-url", default=defaults.webhook_url)
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=float(os.environ.get("LOADTESTS_DRAIN_TIMEOUT") or DRAIN_TIMEOUT),
+        help="seconds the pools get to finish their tasks once the server stopped "
+        f"(LOADTESTS_DRAIN_TIMEOUT, default {DRAIN_TIMEOUT})",
+    )
     args = parser.parse_args(argv)
     if args.background_cap < 1 or args.fanout_cap < 1:
         parser.error(
             "--background-cap and --fanout-cap must be ints >= 1, "
             f"got {args.background_cap} and {args.fanout_cap}"
         )
+    if not args.drain_timeout >= 0:
+        parser.error(f"--drain-timeout must be seconds >= 0, got {args.drain_timeout}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     configure(
         Settings(
@@ -499,14 +540,48 @@ def main(argv: list[str] | None = None) -> int:
     # No access log: at load-test rates it would cost more than the requests.
     server = WSGIServer(listen(args.host, args.port), app, log=None)
     server.start()
-    gevent.signal_handler(signal.SIGTERM, server.stop)
-    gevent.signal_handler(signal.SIGINT, server.stop)
+    # What the pools hold when the server stops runs at exit: ggopool's exit drain waits
+    # up to this long for it, and logs what it abandons.
+    ggopool.set_exit_drain(args.drain_timeout)
+    stop = Stopper(server)
+    gevent.signal_handler(signal.SIGTERM, stop)
+    gevent.signal_handler(signal.SIGINT, stop)
     # The line tests and scripts wait for; with --port 0 it is how they learn the port.
     print(f"listening on http://{args.host}:{server.server_port} pid {os.getpid()}", flush=True)
     started = time.monotonic()
     server.serve_forever()
-    log.info("stopped after %.1f s", time.monotonic() - started)
+    log.info(
+        "stopped after %.1f s; the pools' tasks get up to %.1f s more",
+        time.monotonic() - started,
+        args.drain_timeout,
+    )
     return 0
+
+
+class Stopper:
+    """The SIGTERM and SIGINT handler of ``python -m loadtests.app``, the pattern for any
+    gevent server.
+
+    The first signal stops the server: it stops accepting, gives the requests it serves
+    up to its ``stop_timeout`` to finish, and ``serve_forever()`` returns; ``main``
+    returns, and while the interpreter exits ggopool's exit drain runs what the pools
+    still hold. (Python's default for SIGTERM would end the process at once, dropping
+    them.) A second signal raises KeyboardInterrupt in the main greenlet, as a second
+    Ctrl-C does: during the exit drain, that ends the drain at once, and what it
+    abandons is logged.
+    """
+
+    def __init__(self, server: WSGIServer) -> None:
+        self.server = server
+        self.signals = 0
+
+    def __call__(self) -> None:
+        self.signals += 1
+        if self.signals > 1:
+            # Raised in the greenlet gevent runs this handler in; the hub passes it on
+            # to the main greenlet.
+            raise KeyboardInterrupt
+        self.server.stop()
 
 
 if __name__ == "__main__":
