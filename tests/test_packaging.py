@@ -208,7 +208,7 @@ def test_the_oldest_hatchling_allowed_builds_sdist_wheel_and_editable(
         assert whl.read(f"{info}/licenses/LICENSE") == (REPO / "LICENSE").read_bytes()
         assert whl.read(f"{info}/licenses/NOTICE") == (REPO / "NOTICE").read_bytes()
     assert {name.split("/")[0] for name in names} == {"ggopool", info}
-    assert {"ggopool/__init__.py", "ggopool/py.typed", "ggopool/locust.py"} <= names
+    assert {"ggopool/__init__.py", "ggopool/py.typed", "ggopool/bench/__init__.py"} <= names
     headers = metadata.split("\n\n")[0].splitlines()
     for header in [
         "Metadata-Version: 2.4",
