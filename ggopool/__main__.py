@@ -1,7 +1,8 @@
-"""``python -m ggopool``: run a burst of tasks through a pool and print what happened.
+"""python -m ggopool: the demo, or the benchmark.
 
-``python -m ggopool [demo] [-n TASKS] [--cap CAP]`` runs the demo (the default);
-``python -m ggopool bench [--quick] [--json] ...`` runs the benchmark (``bench --help``).
+python -m ggopool [demo] runs a burst of tasks through a capped pool and prints what
+happened (the default). python -m ggopool bench runs the benchmark: see
+python -m ggopool bench --help for its options.
 """
 
 from __future__ import annotations
@@ -53,18 +54,24 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         # Imported only when asked for: the demo should not pay for the bench's imports.
-        from ggopool._bench import main as bench
+        from ggopool.bench.cli import main as bench
 
         return bench(argv[1:])
     if argv[:1] == ["demo"]:
         argv = argv[1:]
     parser = argparse.ArgumentParser(
-        prog="python -m ggopool [demo]",
+        prog="python -m ggopool",
+        usage=(
+            "python -m ggopool [demo] [-h] [-n TASKS] [--cap CAP]\n"
+            "       python -m ggopool bench [-h] [--quick] [--json] [options]"
+        ),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-n", "--tasks", type=int, default=100_000, help="tasks to run")
-    parser.add_argument("--cap", type=int, default=100, help="the pool's cap")
+    parser.add_argument(
+        "-n", "--tasks", type=int, default=100_000, help="tasks to run (default: 100,000)"
+    )
+    parser.add_argument("--cap", type=int, default=100, help="the pool's cap (default: 100)")
     args = parser.parse_args(argv)
     if args.tasks < 1 or args.cap < 1:
         parser.error(f"--tasks and --cap must be >= 1, got {args.tasks} and {args.cap}")

@@ -56,6 +56,12 @@ class Config:
       seconds means no worker is ever started twice), while a one-off burst that started
       thousands of workers gives their memory back within seconds of going quiet.
 
+    * ``max_idle`` (int >= 0 or None; default None, bounded only by ``cap``): the most
+      workers the pool keeps parked. A worker whose queue ran empty while this many are
+      parked exits instead of parking, so the memory parked workers hold after a burst is
+      bounded by this, not by the burst. ``0`` keeps none. The default pool, whose cap is
+      unlimited, ships with ``max_idle=DEFAULT_POOL_MAX_IDLE``.
+
     * ``max_pending`` (int >= 1 or None; default None, unbounded): the most tasks the
       pool holds queued. When it is reached, ``go``/``submit`` from an ordinary greenlet
       wait cooperatively for room (backpressure); from the hub or from one of the
@@ -70,9 +76,12 @@ class Config:
     scale_threshold: int = 1
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
     max_pending: int | None = None
+    max_idle: int | None = None
 
     def __post_init__(self) -> None:
         check_int_at_least("scale_threshold", self.scale_threshold, 1)
+        if self.max_idle is not None:
+            check_int_at_least("max_idle", self.max_idle, 0)
         if self.max_pending is not None:
             check_int_at_least("max_pending", self.max_pending, 1)
         timeout = self.idle_timeout

@@ -18,7 +18,10 @@ T = TypeVar("T")
 #: The cap of the default pool: unlimited in practice (gopool uses math.MaxInt32).
 UNLIMITED = sys.maxsize
 
-_default_pool = Pool("ggopool.DefaultPool", UNLIMITED, Config())
+#: The most workers the default pool keeps parked (see `Config.max_idle`).
+DEFAULT_POOL_MAX_IDLE = 1000
+
+_default_pool = Pool("ggopool.DefaultPool", UNLIMITED, Config(max_idle=DEFAULT_POOL_MAX_IDLE))
 
 
 def default_pool() -> Pool:

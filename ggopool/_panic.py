@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import sys
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from gevent import get_hub
 from greenlet import GreenletExit
 
-from ggopool._task import Task
+from ggopool._describe import describe_call
+from ggopool._task import is_task_runner
 
 if TYPE_CHECKING:
     from ggopool._pool import Pool
@@ -18,57 +21,114 @@ if TYPE_CHECKING:
 PanicHandler = Callable[[contextvars.Context, Exception], object]
 
 
-def _describe(fn: object) -> str:
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    return name if isinstance(name, str) else repr(fn)
-
-
 class FailedTask:
     """The ``context`` passed to ``hub.handle_error`` for a task that raised.
 
-    Its repr names the pool and the task, so gevent's report reads
-    ``<task f of pool 'name'> failed with ZeroDivisionError``. An application that
-    overrides ``handle_error`` can read ``pool`` and ``task`` from it.
+    Its repr names the call and the pool, so gevent's report reads
+    ``<task fetch('bad') of pool 'name'> failed with ValueError``; it never raises,
+    whatever the callable's or the arguments' ``repr()`` does. An application that
+    overrides ``handle_error`` can read ``pool``, ``task`` (the callable), ``args`` and
+    ``kwargs`` from it.
     """
 
-    __slots__ = ("pool", "task", "what")
+    __slots__ = ("args", "kwargs", "pool", "task", "what")
 
-    def __init__(self, pool: Pool, task: object, what: str = "task") -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        task: object,
+        what: str = "task",
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
         self.pool = pool
         self.task = task
         self.what = what
+        self.args = args
+        self.kwargs = kwargs if kwargs is not None else {}
 
     def __repr__(self) -> str:
-        return f"<{self.what} {_describe(self.task)} of pool {self.pool.name!r}>"
+        call = describe_call(self.task, self.args, self.kwargs)
+        return f"<{self.what} {call} of pool {self.pool.name!r}>"
 
 
-def report_failure(pool: Pool, ctx: contextvars.Context, fn: object, exc: BaseException) -> None:
-    """Send a task's exception to the pool's panic handler, or to the hub.
+class _Worker:
+    """The ``context`` for an exception that ended a worker outside any task."""
+
+    __slots__ = ("pool",)
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def __repr__(self) -> str:
+        return (
+            f"<worker of pool {self.pool.name!r}, not running a task (an exception thrown "
+            "into a worker between tasks: a gevent.Timeout or a kill that an earlier task "
+            "left behind?)>"
+        )
+
+
+def report_failure(
+    pool: Pool,
+    ctx: contextvars.Context,
+    fn: object,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    exc: BaseException,
+) -> None:
+    """Send a task's exception to the pool's panic handler, or to the hub. Never raises
+    (but a GreenletExit that kills the worker while it is in the handler).
 
     Only an ``Exception`` goes to the handler. The hub's ``SYSTEM_ERROR``s
     (KeyboardInterrupt, SystemExit, SystemError) and other ``BaseException``s go to the
     hub exactly as gevent reports them for its own greenlets, so a KeyboardInterrupt in a
     task still reaches the main greenlet. The hub is looked up at each call, so an
-    application that replaced ``handle_error`` on it sees every failure.
+    application that replaced ``handle_error`` on it sees every failure. If reporting
+    itself fails (a broken stderr, a ``handle_error`` that raises), one line goes to
+    ``sys.__stderr__`` if it can, and the worker goes on.
     """
-    hub = get_hub()
-    handler = pool._panic_handler
-    if handler is None or not isinstance(exc, Exception) or isinstance(exc, hub.SYSTEM_ERROR):
-        # A submitted task reaches here only with a system error; name the callable the
-        # caller submitted, not the handle's runner.
-        handle = getattr(fn, "__self__", None)
-        task = handle._fn if isinstance(handle, Task) else fn
-        hub.handle_error(FailedTask(pool, task), type(exc), exc, exc.__traceback__)
-        return
     try:
-        # In the task's own context, so a handler that logs sees the task's request id.
-        ctx.run(handler, ctx, exc)
+        hub = get_hub()
+        handler = pool._panic_handler
+        if handler is None or not isinstance(exc, Exception) or isinstance(exc, hub.SYSTEM_ERROR):
+            # A submitted task reaches here only with a system error; name the callable
+            # the caller submitted and its arguments, not the handle's runner.
+            handle = getattr(fn, "__self__", None)
+            if is_task_runner(fn, pool):
+                fn, args, kwargs = handle._fn, args[0], args[1]  # type: ignore[union-attr]
+            context = FailedTask(pool, fn, args=args, kwargs=kwargs)
+            hub.handle_error(context, type(exc), exc, exc.__traceback__)
+            return
+        try:
+            # In the task's own context, so a handler that logs sees the task's request id.
+            ctx.run(handler, ctx, exc)
+        except GreenletExit:
+            raise  # the worker was killed while in the handler: it ends, as in a task
+        except BaseException as handler_exc:  # noqa: BLE001 - a handler must never kill its worker
+            hub.handle_error(
+                FailedTask(pool, handler, "panic handler"),
+                type(handler_exc),
+                handler_exc,
+                handler_exc.__traceback__,
+            )
     except GreenletExit:
-        raise  # the worker was killed while in the handler: it ends, as in a task
-    except BaseException as handler_exc:  # noqa: BLE001 - a handler must never kill its worker
-        get_hub().handle_error(
-            FailedTask(pool, handler, "panic handler"),
-            type(handler_exc),
-            handler_exc,
-            handler_exc.__traceback__,
+        raise
+    except BaseException as report_exc:  # noqa: BLE001 - reporting must not end the worker
+        _last_resort(pool, exc, report_exc)
+
+
+def report_worker_failure(pool: Pool, exc: BaseException) -> None:
+    """An exception ended a worker between tasks: report it through the hub. Never raises."""
+    try:
+        get_hub().handle_error(_Worker(pool), type(exc), exc, exc.__traceback__)
+    except BaseException as report_exc:  # noqa: BLE001 - reporting must not raise
+        _last_resort(pool, exc, report_exc)
+
+
+def _last_resort(pool: Pool, exc: BaseException, report_exc: BaseException) -> None:
+    # Nowhere left to say it if this fails too.
+    with contextlib.suppress(BaseException):
+        sys.__stderr__.write(  # type: ignore[union-attr]
+            f"ggopool: pool {pool.name!r}: a task failed with {type(exc).__name__}, and "
+            f"reporting it failed with {type(report_exc).__name__}\n"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+import sys
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -23,8 +24,8 @@ from ggopool._entry import NO_KWARGS, SLOTS, Entry
 from ggopool._errors import PoolClosed, PoolFull
 from ggopool._panic import PanicHandler
 from ggopool._stats import Counts, PoolStats
-from ggopool._task import Task
-from ggopool._worker import RETIRE, WORK, work
+from ggopool._task import Task, is_task_runner
+from ggopool._worker import GONE, PARKED, RETIRE, STARTING, WAKING, WORK, Worker, work
 
 if TYPE_CHECKING:
     from ggopool._group import TaskGroup
@@ -46,6 +47,10 @@ all_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 def _throw_exit(worker: Greenlet) -> None:
     if not worker.dead:
         worker.throw(GreenletExit)
+
+
+def _no_max_idle(max_idle: int | None) -> int:
+    return sys.maxsize if max_idle is None else max_idle
 
 
 def check_cap(cap: object) -> int:
@@ -108,6 +113,7 @@ class Pool:
         self._threshold_slots_before = self._threshold_slots - SLOTS
         self._idle_timeout = config.idle_timeout
         self._max_pending = config.max_pending
+        self._max_idle = _no_max_idle(config.max_idle)
         self._panic_handler: PanicHandler | None = None
         # The thread whose hub runs this pool's workers.
         self._ident = _get_ident()
@@ -119,14 +125,21 @@ class Pool:
         """The state of a new pool; also what a forked child starts from."""
         self._tasks: deque[Any] = deque()  # SLOTS entries per task
         self._closed = False
-        # Live workers, running or parked; the free list of parked workers; and how many
-        # are awake (woken or new) but not yet back in their loop. Workers that are
-        # awake: _workers - len(_parked). Workers inside a task: those minus _starting,
-        # because a worker in its loop yields only inside a task (see _running).
+        # Live workers, running or parked (gopool's worker count); the free list of parked
+        # workers; and how many are awake (woken or to be started) but not yet in their
+        # loop. Workers that are awake: _workers - len(_parked). Workers inside a task:
+        # those minus _starting, because a worker in its loop yields only inside a task
+        # (see _running). Each worker's state says which of these count it (_worker.py).
         self._workers = 0
-        self._parked: list[Greenlet] = []  # LIFO: the longest parked expire first
+        # Insertion-ordered: a wake-up takes the most recently parked (popitem), so the
+        # longest parked expire first when fewer are needed; any one leaves in O(1).
+        self._parked: dict[Worker, None] = {}
         self._starting = 0
-        self._greenlets: set[Greenlet] = set()
+        # Workers counted but not started yet: no greenlet exists for them until the hub
+        # runs _start_workers, and one that then finds the queue empty is never made.
+        self._to_start = 0
+        self._starter_scheduled = False
+        self._greenlets: set[Worker] = set()
         # The gevent Semaphore that guards a bounded task list: its counter is the number
         # of free slots under max_pending. go() takes one (waiting cooperatively when
         # there is none) and a worker gives one back as it takes a task off the list.
@@ -142,7 +155,7 @@ class Pool:
         # Tasks handed over by other threads, not yet taken by the hub; and those taken
         # that wait for a slot of a bounded pool.
         self._inbox: deque[Entry] = deque()
-        self._awaiting_slots = 0
+        self._awaiting: list[list[Entry | None]] = []  # each waits in its own greenlet
         self._quiet: Event | None = None  # set when nothing is queued or running (join)
         self._exited: Event | None = None  # set when a worker ends (kill)
         self._submitted = 0
@@ -150,12 +163,20 @@ class Pool:
         self._generation = getattr(self, "_generation", 0) + 1
 
     def _after_fork_in_child(self) -> None:
-        # The parent's queue stays the parent's: clear the child's copy of it, so that a
-        # worker inherited mid-task finds nothing more to run here. Wake the inherited
-        # parked workers so that they see the new generation and exit.
+        # The parent's queue stays the parent's: it runs there. Clear the child's copy of
+        # it, so that a worker inherited mid-task finds nothing more to run here, and tell
+        # the child's handles of those tasks that they will not run here. Wake the
+        # inherited parked workers so that they see the new generation and exit. A closed
+        # pool stays closed: that was the application's decision.
+        for fn in itertools.islice(self._tasks, 1, None, SLOTS):
+            if is_task_runner(fn, self):
+                fn.__self__._left_in_parent()
         self._tasks.clear()
-        parked = self._parked
+        parked = list(self._parked)
+        closed = self._closed
         self._reset()
+        if closed:
+            self.close()
         for worker in parked:
             self._hub.loop.run_callback(worker.switch, RETIRE)
 
@@ -201,8 +222,10 @@ class Pool:
         self._cap = cap
         excess = self._workers - cap
         if excess > 0:
-            # Retire parked workers first: they are not running anything.
-            self._retire_parked(excess)
+            # Workers not inside a task leave now, so that the counts say at once what
+            # the new cap allows: parked ones first, then starts not yet made, then woken
+            # ones whose wake-up is on its way. Running ones leave after their task.
+            self._retire_idle(excess)
         else:
             queued = len(self._tasks) // SLOTS
             while queued and self._should_add_worker():
@@ -331,15 +354,21 @@ class Pool:
         while inbox:
             task = inbox.popleft()
             if self._slots is not None and not self._slots.acquire(blocking=False):
-                self._awaiting_slots += 1
-                spawn_raw(self._admit_handed_over, task)
+                waiting: list[Entry | None] = [task]
+                self._awaiting.append(waiting)
+                spawn_raw(self._admit_handed_over, waiting)
             else:
                 self._push(task)
 
-    def _admit_handed_over(self, task: Entry) -> None:
-        assert self._slots is not None
-        self._slots.acquire()
-        self._awaiting_slots -= 1
+    def _admit_handed_over(self, waiting: list[Entry | None]) -> None:
+        slots = self._slots
+        assert slots is not None
+        slots.acquire()
+        task = waiting[0]
+        if task is None:
+            slots.release()  # Pool.kill cancelled it while it waited
+            return
+        self._awaiting.remove(waiting)
         self._push(task)
 
     def _admit(self) -> None:
@@ -440,22 +469,39 @@ class Pool:
         Waits up to ``timeout`` seconds for the workers to end; True if they all did.
         """
         timeout = check_timeout(timeout)
-        tasks = self._tasks
         counts = self._counts
-        plain = 0  # go() tasks: no handle to cancel, and their slots still held
+        tasks = self._tasks
+        # Queued entries: those cancelled before are counted as cancelled already and
+        # gave their slot back then; the others are cancelled now.
+        already = 0
         for fn in itertools.islice(tasks, 1, None, SLOTS):
-            handle = getattr(fn, "__self__", None)
-            if isinstance(handle, Task) and handle._pool is self:
-                handle.cancel()  # gives its slot back, unless it was cancelled before
-                counts.cancelled_queued -= 1
-            else:
-                plain += 1
-        counts.cancelled += plain
-        counts.dropped += len(tasks) // SLOTS
+            if is_task_runner(fn, self):
+                if fn.__self__.cancelled():
+                    already += 1
+                else:
+                    fn.__self__._mark_cancelled()
+        newly = len(tasks) // SLOTS - already
+        counts.cancelled_queued -= already
+        counts.dropped += newly + already
         tasks.clear()
         if self._slots is not None:
-            for _ in range(plain):
+            for _ in range(newly):
                 self._slots.release()
+        # Tasks accepted from other threads and not on the queue yet (no slot held).
+        handed: list[Entry] = []
+        inbox = self._inbox
+        while inbox:
+            handed.append(inbox.popleft())
+        for waiting in self._awaiting:
+            handed.append(waiting[0])  # type: ignore[arg-type]  # None only once dropped
+            waiting[0] = None
+        self._awaiting.clear()
+        for _, fn, _, _ in handed:
+            if is_task_runner(fn, self):
+                fn.__self__._mark_cancelled()  # type: ignore[attr-defined]
+        self._submitted += len(handed)
+        counts.dropped += len(handed)
+        counts.cancelled += newly + len(handed)
         greenlets = list(self._greenlets)
         for worker in greenlets:
             # Scheduled after the callbacks that start new workers, so each has started.
@@ -503,7 +549,7 @@ class Pool:
 
     def _in_flight(self) -> int:
         """Tasks accepted from other threads and not yet on the queue."""
-        return len(self._inbox) + self._awaiting_slots
+        return len(self._inbox) + len(self._awaiting)
 
     def _is_quiet(self) -> bool:
         return not self._tasks and self._running() == 0 and not self._in_flight()
@@ -539,37 +585,121 @@ class Pool:
         return (len(self._tasks) >= self._threshold_slots and awake < self._cap) or awake == 0
 
     def _add_worker(self) -> None:
-        """Wake a parked worker, or start one if none is parked and the cap allows."""
+        """Wake a parked worker, or count one more to start if the cap allows."""
         # Nothing between the rule's check and these increments can yield, and only the
         # pool's own thread touches them, so no other greenlet can run in between: two
         # go() calls can never both see room for the last worker below the cap. (gopool
-        # checks and increments separately across goroutines and overshoots; gopkg #231.)
+        # checks and increments separately across goroutines and can overshoot.)
+        loop = self._hub.loop
+        if loop is None:
+            loop = self._hub_was_destroyed()
         if self._parked:
             # The most recently parked: the others' idle timers keep running, so a pool
             # that needs fewer workers than it has lets the extra ones expire.
+            worker = self._parked.popitem()[0]
+            worker.state = WAKING
             self._starting += 1
-            self._hub.loop.run_callback(self._parked.pop().switch, WORK)
+            loop.run_callback(worker.switch, WORK)
         elif self._workers < self._cap:
             self._workers += 1
             self._starting += 1
-            # A raw greenlet whose parent is the hub, started by a loop callback: what
-            # gevent.spawn_raw does, less its greenlet-tree bookkeeping (2 of the 12 µs
-            # it takes to start and run a greenlet, measured here), which a pool's
-            # long-lived workers do not need.
-            worker = Greenlet(work, self._hub)
-            self._greenlets.add(worker)
-            self._hub.loop.run_callback(worker.switch, self, self._generation)
+            self._to_start += 1
+            if not self._starter_scheduled:
+                self._starter_scheduled = True
+                loop.run_callback(self._start_workers, self._generation)
 
-    def _retire_parked(self, n: int) -> None:
-        """Make up to ``n`` parked workers exit now; they are uncounted at once."""
+    def _start_workers(self, generation: int) -> None:
+        """Make the workers counted by `_add_worker` (runs in the hub).
+
+        A start that finds the queue empty (an earlier worker took every task, as after a
+        burst of tasks that never yield) is uncounted here and no greenlet is ever made
+        for it. Each worker made runs until it first yields, then the next is made.
+        """
+        if generation != self._generation:
+            return  # scheduled before a fork; the child's pool starts its own
+        try:
+            hub = self._hub
+            while self._to_start:
+                self._to_start -= 1
+                if not self._tasks:
+                    self._workers -= 1
+                    self._starting -= 1
+                    continue
+                # A raw greenlet whose parent is the hub: what gevent.spawn_raw makes,
+                # less its greenlet-tree bookkeeping, which long-lived workers don't need.
+                worker = Worker(work, hub)
+                worker.state = STARTING
+                self._greenlets.add(worker)
+                worker.switch(self, worker, generation)
+                if generation != self._generation:
+                    return  # a task forked, and this is the child
+        finally:
+            if generation == self._generation:
+                self._starter_scheduled = False
+                if self._to_start:
+                    self._starter_scheduled = True
+                    hub.loop.run_callback(self._start_workers, generation)
+
+    def _hub_was_destroyed(self) -> Any:
+        """The pool's hub was destroyed (``hub.destroy()``): move to the thread's new hub.
+
+        Its workers went with the old hub; the queue stays and new workers run it, as
+        ``gevent.spawn`` goes on working with the new hub.
+        """
+        self._hub = get_hub()
+        self._generation += 1
+        self._workers = self._starting = self._to_start = 0
+        self._parked = {}
+        self._greenlets = set()
+        self._starter_scheduled = False
+        return self._hub.loop
+
+    def _retire_idle(self, n: int) -> None:
+        """Make up to ``n`` workers that are not inside a task leave now, uncounted at once:
+        parked ones (longest parked first), then starts not made yet, then woken ones."""
+        n -= self._retire_parked(n)
+        cancelled = min(n, self._to_start)
+        if cancelled:
+            self._to_start -= cancelled
+            self._workers -= cancelled
+            self._starting -= cancelled
+            n -= cancelled
+        if n > 0:
+            for worker in list(self._greenlets):
+                if worker.state is WAKING:
+                    worker.state = GONE  # its WORK switch finds it gone: it leaves
+                    self._workers -= 1
+                    self._starting -= 1
+                    n -= 1
+                    if not n:
+                        break
+
+    def _retire_parked(self, n: int) -> int:
+        """Make up to ``n`` parked workers exit now, uncounted at once; how many did."""
         parked = self._parked
-        for _ in range(min(n, len(parked))):
-            self._workers -= 1
-            self._hub.loop.run_callback(parked.pop(0).switch, RETIRE)
+        retired = min(n, len(parked))
+        for worker in list(itertools.islice(parked, retired)):
+            self._uncount_parked(worker)
+            self._hub.loop.run_callback(worker.switch, RETIRE)
+        return retired
 
-    def _worker_left(self, worker: Greenlet) -> None:
-        """A worker has ended (it is already uncounted): keep queued tasks going and
-        tell join() and kill() what changed."""
+    def _uncount_parked(self, worker: Worker) -> None:
+        """A parked worker leaves the free list and the counts; it will exit."""
+        del self._parked[worker]
+        worker.state = GONE
+        self._workers -= 1
+
+    def _worker_left(self, worker: Worker) -> None:
+        """A worker has ended, however it ended: uncount it by its state (once), keep
+        queued tasks going and tell join() and kill() what changed."""
+        state = worker.state
+        worker.state = GONE
+        if state is not GONE:
+            self._workers -= 1
+            if state is PARKED:
+                del self._parked[worker]
+            elif state is STARTING or state is WAKING:
+                self._starting -= 1
         self._greenlets.discard(worker)
         if self._tasks and self._should_add_worker():
             self._add_worker()

@@ -11,6 +11,7 @@ from greenlet import GreenletExit, getcurrent
 from greenlet import greenlet as Greenlet
 
 from ggopool._config import check_timeout
+from ggopool._describe import callable_name
 from ggopool._errors import TaskCancelled
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ class Task(Generic[T]):
         "_fn",
         "_greenlet",
         "_hooks",
-        "_killing",
+        "_kill_exc",
         "_links",
         "_pool",
         "_result",
@@ -69,13 +70,14 @@ class Task(Generic[T]):
         self._result: AsyncResult[Any] = AsyncResult()
         self._state = _PENDING
         self._greenlet: Greenlet | None = None
-        self._killing = False
+        # The GreenletExit that kill() throws: only that one instance ends the task and
+        # not its worker (a Pool.kill's exit landing first must end the worker).
+        self._kill_exc: GreenletExit | None = None
         self._hooks: list[Callable[[Task[T]], object]] | None = None
         self._links: dict[Callable[[Any], object], Callable[[Any], object]] | None = None
 
     def __repr__(self) -> str:
-        name = getattr(self._fn, "__qualname__", None) or repr(self._fn)
-        return f"<ggopool.Task {name} of pool {self._pool.name!r} {self._state}>"
+        return f"<ggopool.Task {callable_name(self._fn)} of pool {self._pool.name!r} {self._state}>"
 
     # -- run by the worker -------------------------------------------------------------
 
@@ -97,7 +99,7 @@ class Task(Generic[T]):
             value = self._fn(*args, **kwargs)
         except GreenletExit as exc:
             self._finish(exc, None)
-            if self._killing:
+            if exc is self._kill_exc:
                 return  # a kill aimed at this task, not at the worker: the worker goes on
             raise
         except BaseException as exc:
@@ -111,11 +113,18 @@ class Task(Generic[T]):
     def _finish(self, value: object, exc: BaseException | None) -> None:
         self._state = _DONE
         self._greenlet = None
-        if exc is None:
-            self._result.set(value)
-        else:
-            self._result.set_exception(exc, (type(exc), exc, exc.__traceback__))
-        self._run_hooks()
+        try:
+            if exc is None:
+                self._result.set(value)
+            else:
+                try:
+                    self._result.set_exception(exc, (type(exc), exc, exc.__traceback__))
+                except BaseException:  # noqa: BLE001
+                    # gevent could not keep the traceback (one thousands of frames deep
+                    # fails to serialise): keep the exception, which still carries it.
+                    self._result.set_exception(exc)
+        finally:
+            self._run_hooks()
 
     def _add_hook(self, hook: Callable[[Task[T]], object]) -> None:
         """Call ``hook(self)`` synchronously when the task finishes or is cancelled."""
@@ -130,7 +139,10 @@ class Task(Generic[T]):
         hooks, self._hooks = self._hooks, None
         if hooks:
             for hook in hooks:
-                hook(self)
+                try:
+                    hook(self)
+                except BaseException as exc:  # noqa: BLE001 - one hook must not stop the rest
+                    get_hub().handle_error(self, type(exc), exc, exc.__traceback__)
 
     # -- AsyncResult -------------------------------------------------------------------
 
@@ -207,16 +219,27 @@ class Task(Generic[T]):
             return True
         if self._state is not _PENDING:
             return False
-        self._state = _CANCELLED
         pool = self._pool
         counts = pool._counts
         counts.cancelled += 1
         counts.cancelled_queued += 1
         if pool._slots is not None:
             pool._slots.release()  # its room under max_pending is free again at once
-        self._result.set_exception(TaskCancelled(f"{self!r} was cancelled"))
-        self._run_hooks()
+        self._mark_cancelled()
         return True
+
+    def _mark_cancelled(self, why: str = "was cancelled") -> None:
+        """The handle's side of a cancel: it will never run, and it is ready now."""
+        self._state = _CANCELLED
+        try:
+            self._result.set_exception(TaskCancelled(f"{self!r} {why}"))
+        finally:
+            self._run_hooks()
+
+    def _left_in_parent(self) -> None:
+        """In a forked child: this task was queued in the parent, and runs there."""
+        if self._state is _PENDING:
+            self._mark_cancelled("was queued before fork(): it runs in the parent, not here")
 
     def cancelled(self) -> bool:
         """True if `cancel` (or `kill`, or the pool's ``kill``) stopped it before it ran."""
@@ -233,9 +256,10 @@ class Task(Generic[T]):
             return
         if self._state is not _RUNNING:
             return
-        self._killing = True
+        if self._kill_exc is None:
+            self._kill_exc = GreenletExit()
         if getcurrent() is self._greenlet:
-            raise GreenletExit
+            raise self._kill_exc
         self._pool._hub.loop.run_callback(self._throw)
         if block:
             self._result.wait(timeout)
@@ -243,5 +267,12 @@ class Task(Generic[T]):
     def _throw(self) -> None:
         # Runs in the hub. Only if the task is still running: the worker may have moved on
         # to another task since kill() was called, and that one must not get the exit.
-        if self._state is _RUNNING and self._greenlet is not None:
-            self._greenlet.throw(GreenletExit)
+        exc = self._kill_exc
+        if self._state is _RUNNING and self._greenlet is not None and exc is not None:
+            self._greenlet.throw(exc)
+
+
+def is_task_runner(fn: object, pool: Pool) -> bool:
+    """Whether a queued callable is the runner of a `Task` submitted to ``pool`` (and not,
+    say, ``pool.go(task.kill)``, another bound method of a Task)."""
+    return getattr(fn, "__func__", None) is Task._run and fn.__self__._pool is pool  # type: ignore[attr-defined]

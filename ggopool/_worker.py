@@ -1,52 +1,76 @@
-"""The worker loop: what a worker greenlet does between waking and parking."""
+"""The worker loop: what a worker greenlet does between waking and parking.
+
+A worker's place in its pool's counts is its ``state``, and the counts follow the state:
+
+* ``STARTING``: counted in ``_workers`` and ``_starting`` (started, not yet in its loop);
+* ``RUNNING``: counted in ``_workers`` (in its loop: inside a task, or about to park);
+* ``PARKED``: counted in ``_workers`` and on the free list ``_parked``;
+* ``WAKING``: counted in ``_workers`` and ``_starting``, off the free list, a ``WORK``
+  switch on its way;
+* ``GONE``: uncounted.
+
+Whoever changes a worker's state changes the counts with it, in the same step (the pool's
+methods, or the worker itself). However a worker ends — it returns, it is killed, any
+exception is thrown into it at any point — its ``finally`` hands it to
+`Pool._worker_left`, which uncounts it by its state exactly once. No case per exception.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from greenlet import GreenletExit, getcurrent
-from greenlet import greenlet as Greenlet
+from greenlet import GreenletExit
+from greenlet import greenlet as RawGreenlet
 
-from ggopool._panic import report_failure
+from ggopool._panic import report_failure, report_worker_failure
 
 if TYPE_CHECKING:
     from ggopool._pool import Pool
 
+#: A worker's states (see the module docstring).
+STARTING, RUNNING, PARKED, WAKING, GONE = "starting", "running", "parked", "waking", "gone"
 
-#: Why a parked worker was switched back to: a task for it, or leave (already uncounted).
+#: What a parked worker is switched back with: a task for it, or leave (already uncounted).
 WORK, RETIRE, EXPIRE = "work", "retire", "expire"
 
 
-def work(pool: Pool, generation: int) -> None:
-    """The body of a worker greenlet (its parent is the hub, as with ``gevent.spawn_raw``).
+class Worker(RawGreenlet):
+    """A worker greenlet: a raw greenlet (its parent is the hub) with its state."""
 
-    Whoever started the worker counted it in ``pool._workers``; it uncounts itself on
-    every way out. ``generation`` is the pool's when the worker was started; it changes
-    only in a forked child, where a worker inherited from the parent (even one whose start
-    was still pending at the fork) sees it differ and leaves without touching the child's
-    pool.
+    __slots__ = ("state",)
+
+    state: str
+
+
+def work(pool: Pool, me: Worker, generation: int) -> None:
+    """The body of a worker greenlet.
+
+    ``generation`` is the pool's when the worker was started; it changes only in a forked
+    child (or when the pool's hub was destroyed), where a worker left over from before
+    sees it differ and leaves without touching the pool.
     """
     if pool._generation != generation:
         return
-    me = getcurrent()
-    pool._starting -= 1
     try:
+        pool._starting -= 1
+        me.state = RUNNING
         if pool._workers > pool._cap:
-            # Started before set_cap lowered the cap: leave before taking any task.
-            pool._workers -= 1
-            return
-        _run(pool, generation)
+            return  # started before set_cap lowered the cap: leave before taking a task
+        _run(pool, me, generation)
     except GreenletExit:
-        # Someone killed this worker (gevent.kill, greenlet.throw, Pool.kill).
+        pass  # killed (gevent.kill, Pool.kill, greenlet.throw): the worker ends
+    except BaseException as exc:  # noqa: BLE001 - thrown into the worker from outside a task
+        # (a gevent.Timeout a finished task never cancelled, gevent.kill(worker, exc)):
+        # report it as gevent reports a greenlet that dies of it, and end.
         if pool._generation == generation:
-            pool._workers -= 1
+            report_worker_failure(pool, exc)
     finally:
         if pool._generation == generation:
             pool._worker_left(me)
 
 
-def _run(pool: Pool, generation: int) -> None:
+def _run(pool: Pool, me: Worker, generation: int) -> None:
     tasks = pool._tasks
     popleft = tasks.popleft
     # Only a bounded pool (max_pending) has a slot to give back as a task leaves its
@@ -68,14 +92,12 @@ def _run(pool: Pool, generation: int) -> None:
                 raise
             except BaseException as exc:  # noqa: BLE001 - no task may end its worker
                 counts.failed += 1
-                report_failure(pool, ctx, fn, exc)
+                report_failure(pool, ctx, fn, args, kwargs, exc)
             if pool._workers > pool._cap and pool._generation == generation:
-                # The cap was lowered while this task ran: leave now that it is done.
-                pool._workers -= 1
-                return
+                return  # the cap was lowered while this task ran: leave now that it is done
         # Don't keep the last task's callable, arguments and context alive while parked.
         ctx = fn = args = kwargs = None
-        if not _park(pool, generation):
+        if not _park(pool, me, generation):
             return
 
 
@@ -89,16 +111,16 @@ def _giving_back_a_slot(
     return take
 
 
-def _park(pool: Pool, generation: int) -> bool:
-    """Wait on the free list until woken. True: woken for work. False: uncounted, exit."""
+def _park(pool: Pool, me: Worker, generation: int) -> bool:
+    """Wait on the free list until woken. True: woken for work. False: leave."""
     if pool._generation != generation:
         return False  # inherited across a fork: the child's pool is not ours to touch
     timeout = pool._idle_timeout
-    if timeout == 0 or pool._closed:
-        pool._workers -= 1
-        return False
-    me = getcurrent()
-    pool._parked.append(me)
+    parked = pool._parked
+    if timeout == 0 or pool._closed or len(parked) >= pool._max_idle:
+        return False  # leave instead of parking: work() uncounts this worker
+    me.state = PARKED
+    parked[me] = None
     if pool._quiet is not None:
         pool._check_quiet()  # this worker no longer counts as running: maybe nothing does
     hub = pool._hub
@@ -108,36 +130,27 @@ def _park(pool: Pool, generation: int) -> bool:
         timer = hub.loop.timer(timeout, ref=False)
         timer.start(_expire, pool, me, generation)
     try:
-        why = hub.switch()
-    except GreenletExit:
-        # Killed while parked. Become an awake worker again before work() uncounts it.
-        if pool._generation == generation:
-            if me in pool._parked:
-                pool._parked.remove(me)
-            else:
-                pool._starting -= 1  # a wake-up was on its way
-        raise
+        while True:
+            why = hub.switch()
+            if pool._generation != generation:
+                return False  # woken by a callback scheduled before a fork, now in the child
+            state = me.state
+            if state is WAKING and why is WORK:
+                pool._starting -= 1
+                me.state = RUNNING
+                return True
+            if state is GONE:
+                return False  # retired (set_cap, close) or expired: already uncounted
+            # A switch nobody in the pool sent (a callback a finished task left behind):
+            # still parked, or a WORK switch still on its way. Keep waiting.
     finally:
         if timer is not None:
             timer.close()
-    if pool._generation != generation:
-        return False  # woken by a callback scheduled before a fork, now in the child
-    if why is WORK:
-        pool._starting -= 1
-        if pool._workers > pool._cap:
-            # Woken just before set_cap lowered the cap: leave rather than start a task
-            # above it (work() gets the queue another worker if none is awake).
-            pool._workers -= 1
-            return False
-        return True
-    # RETIRE (set_cap, close, or a fork) or EXPIRE: already uncounted by whoever sent it.
-    return False
 
 
-def _expire(pool: Pool, worker: Greenlet, generation: int) -> None:
+def _expire(pool: Pool, worker: Worker, generation: int) -> None:
     """The idle timer of a parked worker (runs in the hub)."""
-    if pool._generation != generation or worker not in pool._parked:
+    if pool._generation != generation or worker.state is not PARKED:
         return  # woken for work (or retired) just as the timer fired
-    pool._parked.remove(worker)
-    pool._workers -= 1
+    pool._uncount_parked(worker)
     worker.switch(EXPIRE)

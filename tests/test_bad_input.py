@@ -246,18 +246,19 @@ def test_module_level_go_ctx_go_and_spawn(fn: Any, args: list[Any]) -> None:
     pool = ggopool.default_pool()
     pool.set_panic_handler(noop)  # a fuzzed task may raise (the fixture resets it)
     before = pool.stats()
-    for call in (
-        lambda: ggopool.go(fn, *args),
-        lambda: ggopool.spawn(fn, *args),
-        lambda: ggopool.ctx_go(contextvars.copy_context(), fn, *args),
-        lambda: ggopool.ctx_go(fn, noop),
+    fn_is_valid = callable(fn)
+    for call, valid in (
+        (lambda: ggopool.go(fn, *args), fn_is_valid),
+        (lambda: ggopool.spawn(fn, *args), fn_is_valid),
+        (lambda: ggopool.ctx_go(contextvars.copy_context(), fn, *args), fn_is_valid),
+        (lambda: ggopool.ctx_go(fn, noop), isinstance(fn, contextvars.Context)),
     ):
         exc = raised(call, (TypeError,))
         if exc is not None:
             assert str(exc)
             assert pool.stats() == before
         else:
-            assert callable(fn)
+            assert valid
             gevent.idle()
             before = pool.stats()
 

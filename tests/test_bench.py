@@ -1,7 +1,7 @@
 """`python -m ggopool bench`: its output is well formed and it counts every task.
 
 Nothing here asserts on a timing: the bench runs with tiny counts, and only the shape of
-its output and its task counts are checked.
+its output, its task counts and its rules (which targets get a verdict) are checked.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,18 @@ import pytest
 from gevent.event import Event
 
 from ggopool.__main__ import main
-from ggopool._bench_progress import Progress
-from ggopool._bench_rounds import throughput
-from ggopool._bench_strategies import STRATEGIES, FloorStrategy, GgopoolStrategy
-from ggopool._bench_trickle import timed_trickle
+from ggopool.bench.progress import Progress
+from ggopool.bench.report import render
+from ggopool.bench.results import Results, Target, machine
+from ggopool.bench.rounds import ThroughputRow, throughput
+from ggopool.bench.settings import FULL, QUICK
+from ggopool.bench.strategies import STRATEGIES, CappedPoolStrategy, FloorStrategy
+from ggopool.bench.targets import targets
+from ggopool.bench.trickle import timed_trickle
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL = list(STRATEGIES)
+UNCAPPED = {"ggopool.go", "gevent.spawn", "gevent.spawn_raw", "deque-floor"}
 
 # Every workload, with counts small enough for a few seconds in all.
 TINY = [
@@ -39,6 +45,7 @@ TINY = [
     "--tcp-rounds", "2",
     "--memory-tasks", "300",
     "--memory-cap", "50",
+    "--memory-after", "0.05",
     "--latency-tasks", "300",
     "--scale-sizes", "100,1000",
     "--scale-per-point", "1000",
@@ -64,6 +71,19 @@ def json_run() -> dict[str, Any]:
     return result
 
 
+def test_strategy_names_need_no_quoting_in_a_shell() -> None:
+    assert ALL == [
+        "ggopool.go",
+        "ggopool.Pool",
+        "gevent.spawn",
+        "gevent.spawn_raw",
+        "gevent.pool.Pool",
+        "deque-floor",
+    ]
+    for name in ALL:
+        assert re.fullmatch(r"[A-Za-z0-9._-]+", name), name
+
+
 def test_json_has_every_section_and_the_machine(json_run: dict[str, Any]) -> None:
     assert set(json_run) == {
         "command",
@@ -79,28 +99,28 @@ def test_json_has_every_section_and_the_machine(json_run: dict[str, Any]) -> Non
     assert json_run["command"].startswith("python -m ggopool bench --quick -n 300")
     assert set(json_run["machine"]) >= {"cpus", "cpu_model", "python", "gevent", "greenlet"}
     assert json_run["settings"]["rounds"] == 2
+    assert json_run["settings"]["memory_after"] == 0.05
     assert json_run["complete"] is True
 
 
-def test_json_throughput_counts_every_task_of_every_round(json_run: dict[str, Any]) -> None:
+def test_json_throughput_has_ggopool_go_in_every_workload_and_counts_every_task(
+    json_run: dict[str, Any],
+) -> None:
     rows = json_run["throughput"]
     expected = [
-        (workload, cap, n)
-        for workload, cap, n in [
-            ("noop", 100, 300),
-            ("yield", 50, 300),
-            ("yield", 10, 300),
-            ("gopool", json_run["settings"]["gopool_cap"], 300),
-            ("trickle", 100, 200),
-            ("tcp", 100, 20),
-        ]
+        ("noop", 100, 300),
+        ("yield", 50, 300),
+        ("yield", 10, 300),
+        ("gopool", json_run["settings"]["gopool_cap"], 300),
+        ("trickle", 100, 200),
+        ("tcp", 100, 20),
     ]
-    seen = sorted({(r["workload"], r["cap"], r["n"]) for r in rows})
-    assert seen == sorted(expected)
+    assert [(r["workload"], r["cap"], r["n"]) for r in rows[:: len(ALL)]] == expected
     for workload, cap, n in expected:
         mine = [r for r in rows if (r["workload"], r["cap"]) == (workload, cap)]
         assert [r["strategy"] for r in mine] == ALL
         for row in mine:
+            assert row["strategy_cap"] == (None if row["strategy"] in UNCAPPED else cap), row
             assert row["tasks_run"] == [n, n], row
             assert row["complete"] is True
             assert len(row["seconds"]) == 2
@@ -112,24 +132,40 @@ def test_json_throughput_counts_every_task_of_every_round(json_run: dict[str, An
         assert spawn["ratio_to_spawn"] == 1.0
 
 
-def test_json_memory_latency_and_scale_count_every_task(json_run: dict[str, Any]) -> None:
+def test_json_memory_has_both_figures_for_every_strategy_and_kind(
+    json_run: dict[str, Any],
+) -> None:
     memory = json_run["memory"]
-    assert [r["strategy"] for r in memory] == ALL
-    blocked = {r["strategy"]: r["blocked_at_peak"] for r in memory}
-    # Capped strategies hold cap tasks blocked, uncapped ones all of them, the floor one.
-    assert blocked == {
-        "ggopool": 50,
-        "gevent.spawn": 300,
-        "gevent.spawn_raw": 300,
-        "gevent.pool.Pool": 50,
-        "deque loop (floor)": 1,
-    }
+    assert [(r["kind"], r["strategy"]) for r in memory] == [
+        (kind, name) for kind in ("noop", "yield", "event") for name in ALL
+    ]
     for row in memory:
         assert row["n"] == 300
         assert row["tasks_run"] == 300
         assert row["complete"] is True
+        assert row["strategy_cap"] == (None if row["strategy"] in UNCAPPED else 50)
         assert isinstance(row["peak_rss_growth_bytes"], int)
+        assert isinstance(row["rss_growth_after_bytes"], int)  # Linux: VmRSS is readable
+        assert row["peak_was_reset"] is True  # Linux: VmHWM is reset before the burst
+        assert row["after_seconds"] == 0.05
+        assert row["after_seconds_actual"] >= 0.05
+        if row["strategy"] == "gevent.spawn":
+            assert row["peak_ratio_to_spawn"] in (1.0, None)
+    # For the event kind, the uncapped strategies hold every task blocked at once, the
+    # capped ones their cap, the floor one (it runs them one after the other).
+    blocked = {r["strategy"]: r["blocked_at_peak"] for r in memory if r["kind"] == "event"}
+    assert blocked == {
+        "ggopool.go": 300,
+        "ggopool.Pool": 50,
+        "gevent.spawn": 300,
+        "gevent.spawn_raw": 300,
+        "gevent.pool.Pool": 50,
+        "deque-floor": 1,
+    }
+    assert all(r["blocked_at_peak"] is None for r in memory if r["kind"] != "event")
 
+
+def test_json_latency_and_scale_count_every_task(json_run: dict[str, Any]) -> None:
     latency = json_run["latency"]
     assert [r["strategy"] for r in latency] == ALL
     for row in latency:
@@ -138,11 +174,11 @@ def test_json_memory_latency_and_scale_count_every_task(json_run: dict[str, Any]
         assert 0 <= row["p50_us"] <= row["p99_us"]
 
     scale = json_run["scale"]
-    assert [(r["strategy"], r["n"]) for r in scale] == [
-        ("ggopool", 100),
-        ("ggopool", 1000),
-        ("deque loop (floor)", 100),
-        ("deque loop (floor)", 1000),
+    assert [(r["strategy"], r["strategy_cap"], r["n"]) for r in scale] == [
+        ("ggopool.Pool", 100, 100),
+        ("ggopool.Pool", 100, 1000),
+        ("deque-floor", None, 100),
+        ("deque-floor", None, 1000),
     ]
     for row in scale:
         assert row["bursts"] == 1000 // row["n"]
@@ -152,20 +188,35 @@ def test_json_memory_latency_and_scale_count_every_task(json_run: dict[str, Any]
         assert 0 <= row["gc_us_per_task"] <= row["us_per_task"]
 
 
-def test_json_targets_are_well_formed(json_run: dict[str, Any]) -> None:
-    # Whether a target is met depends on the machine; that it is reported does not.
-    targets = json_run["targets"]
-    kinds = [t["target"].split(",")[0] for t in targets]
-    # No yield target: it is set for caps 10,000 and 100, and this run used 50 and 10. The
-    # memory one needs gevent.spawn's growth to be above zero, which 300 tasks may not be.
-    assert kinds in (
-        ["no-op", "TCP round trip", "memory", "scale"],
-        ["no-op", "TCP round trip", "scale"],
+def test_json_targets_of_a_quick_run_have_no_verdict(json_run: dict[str, Any]) -> None:
+    found = json_run["targets"]
+    ids = [t["id"] for t in found]
+    # No capped-pool yield target: those are set for caps 10,000 and 100, this run used 50
+    # and 10. The memory ratios need gevent.spawn's growth above zero, which 300 tasks
+    # may not give.
+    always = [
+        "go_noop_throughput",
+        "go_yield_throughput",
+        "go_trickle_throughput",
+        "pool_noop_throughput",
+        "pool_tcp_throughput",
+        "pool_scale_spread",
+    ]
+    assert [i for i in ids if i in always] == always
+    assert set(ids) - set(always) <= {
+        "go_noop_peak_rss",
+        "go_yield_peak_rss",
+        "go_yield_rss_after",
+        "pool_event_peak_rss",
+    }
+    for target in found:
+        assert set(target) == {"id", "target", "measured", "goal", "met", "why_no_verdict"}
+        assert target["met"] is None
+        assert "(full run: " in target["why_no_verdict"]
+    go_noop = found[ids.index("go_noop_throughput")]
+    assert go_noop["why_no_verdict"] == (
+        "--tasks 300 (full run: 100000); --rounds 2 (full run: 5); --warmup 50 (full run: 10000)"
     )
-    for target in targets:
-        assert set(target) == {"target", "measured", "goal", "met"}
-        assert isinstance(target["met"], bool)
-        assert target["measured"] >= 0
 
 
 def tables(text: str) -> list[list[list[str]]]:
@@ -181,35 +232,97 @@ def tables(text: str) -> list[list[list[str]]]:
     return found
 
 
-def test_table_is_well_formed_and_progress_goes_to_stderr() -> None:
-    proc = bench(*TINY, "--workloads", "noop,trickle,memory,latency,scale,tcp")
+def test_tables_are_well_formed_and_progress_goes_to_stderr() -> None:
+    names = "ggopool.go,ggopool.Pool,gevent.spawn,deque-floor"  # as typed, no quoting
+    proc = bench(
+        *TINY,
+        "--workloads",
+        "noop,memory,latency,scale",
+        "--memory-kinds",
+        "yield",
+        "--strategies",
+        names,
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert out.startswith("machine: ")
     assert "\ncommand: python -m ggopool bench --quick" in out
     assert out.rstrip().endswith("every task counted: yes")
     found = tables(out)
-    headers = [t[0][:4] for t in found]
-    assert headers == [
-        ["workload", "cap", "n", "strategy"],
-        ["n", "cap", "strategy", "blocked"],
-        ["burst", "cap", "strategy", "p50"],
-        ["n", "bursts", "strategy", "per task"],
+    assert [t[0] for t in found] == [
+        ["workload", "n", "strategy", "cap", "tasks/s", "x gevent.spawn", "tasks run"],
+        [
+            "kind",
+            "n",
+            "strategy",
+            "cap",
+            "peak RSS growth",
+            "x gevent.spawn",
+            "RSS growth 0.05 s after",
+            "x gevent.spawn",
+            "tasks run",
+        ],
+        ["burst", "strategy", "cap", "p50", "p99", "tasks run"],
+        ["n", "bursts", "strategy", "cap", "per task", "of which GC", "x cheapest", "tasks run"],
         ["target", "measured", "goal", "met"],
     ]
     for table in found:
         assert all(len(row) == len(table[0]) for row in table)
         assert all(re.fullmatch(r"-+:?", cell) for cell in table[1])
-    throughput_rows = found[0][2:]
-    assert [r[0] for r in throughput_rows] == ["noop"] * 5 + ["trickle"] * 5 + ["tcp"] * 5
-    assert [r[6] for r in throughput_rows] == ["600"] * 5 + ["400"] * 5 + ["40"] * 5
-    assert "\ntrickle: each task is submitted once the one before has run" in out
+    throughput_rows, memory_rows = found[0][2:], found[1][2:]
+    assert [(r[0], r[2], r[3], r[6]) for r in throughput_rows] == [
+        ("noop", "ggopool.go", "none", "600"),
+        ("noop", "ggopool.Pool", "100", "600"),
+        ("noop", "gevent.spawn", "none", "600"),
+        ("noop", "deque-floor", "none", "600"),
+    ]
+    assert [(r[0], r[2], r[3], r[8]) for r in memory_rows] == [
+        ("yield", "ggopool.go", "none", "300"),
+        ("yield", "ggopool.Pool", "50", "300"),
+        ("yield", "gevent.spawn", "none", "300"),
+        ("yield", "deque-floor", "none", "300"),
+    ]
+    for row in memory_rows:
+        assert re.fullmatch(r"-?[\d,]+\.\d MiB", row[4]), row
+        assert re.fullmatch(r"-?[\d,]+\.\d MiB", row[6]), row
+    assert [r[3] for r in found[4][2:]] == ["-"] * (len(found[4]) - 2)
+    assert "No verdict for " in out
+    assert "Run without --quick and without size options for verdicts." in " ".join(out.split())
     assert all("MISCOUNT" not in cell for table in found for row in table for cell in row)
     # The progress display: one line per step, ending at the total.
     steps = re.findall(r"^bench \[ *(\d+)/(\d+)\]", proc.stderr, re.MULTILINE)
     assert steps
     assert steps[-1][0] == steps[-1][1]
     assert [int(done) for done, _ in steps] == list(range(1, len(steps) + 1))
+
+
+def test_help_is_plain_text_with_defaults_and_names_bench() -> None:
+    proc = bench("--help")
+    assert proc.returncode == 0
+    text = proc.stdout
+    assert text.startswith("usage: python -m ggopool bench ")
+    assert "`" not in text
+    for name in ALL:
+        assert f"\n  {name} " in text
+    # Every option but --help says its default.
+    options = re.split(r"\n  (?=-)", text.split("\noptions:\n", 1)[1])
+    assert len(options) > 15
+    for option in options:
+        if not option.lstrip().startswith("-h, --help"):
+            assert "(default: " in " ".join(option.split()), option
+    assert "(default: 100000; with --quick: 10000)" in " ".join(text.split())
+    top = subprocess.run(
+        [sys.executable, "-m", "ggopool", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert top.startswith("usage: python -m ggopool [demo] ")
+    assert "\n       python -m ggopool bench " in top
+    assert "`" not in top
+    assert "(default: 100,000)" in top
 
 
 def test_bad_option_is_refused_with_the_rule() -> None:
@@ -219,6 +332,70 @@ def test_bad_option_is_refused_with_the_rule() -> None:
     proc = bench("--workloads", "noop,nope")
     assert proc.returncode == 2
     assert "got 'noop,nope'" in proc.stderr
+    proc = bench("--memory-after", "-1")
+    assert proc.returncode == 2
+    assert "--memory-after: must be a number of seconds >= 0, got '-1'" in proc.stderr
+
+
+def _row(workload: str, strategy: str, cap: int, ratio: float) -> ThroughputRow:
+    return ThroughputRow(
+        workload=workload,
+        cap=cap,
+        n=0,
+        strategy=strategy,
+        strategy_cap=None,
+        seconds=[1.0],
+        tasks_run=[0],
+        complete=True,
+        tasks_per_s=1.0,
+        ratio_to_spawn=ratio,
+        errors=0,
+    )
+
+
+def _results(settings: dict[str, Any], rows: list[ThroughputRow]) -> Results:
+    return Results(
+        command="python -m ggopool bench",
+        machine=machine(),
+        settings=settings,
+        throughput=rows,
+        memory=[],
+        latency=[],
+        scale=[],
+        targets=[],
+        complete=True,
+    )
+
+
+def test_targets_get_verdicts_only_at_the_full_runs_sizes() -> None:
+    rows = [
+        _row("noop", "ggopool.go", 100, 5.0),
+        _row("noop", "ggopool.Pool", 100, 19.9),
+        _row("yield", "ggopool.go", 10_000, 1.6),
+        _row("yield", "ggopool.go", 100, 1.4),
+        _row("trickle", "ggopool.go", 100, 2.5),
+    ]
+
+    def verdicts(found: list[Target]) -> dict[str, tuple[float, bool | None]]:
+        return {t["id"]: (t["measured"], t["met"]) for t in found}
+
+    full = targets(_results(asdict(FULL), rows))
+    assert verdicts(full) == {
+        "go_noop_throughput": (5.0, True),  # the goal's bound is met
+        "go_yield_throughput": (1.4, False),  # the lowest of the yield rows
+        "go_trickle_throughput": (2.5, True),
+        "pool_noop_throughput": (19.9, False),
+    }
+    assert all(t["why_no_verdict"] is None for t in full)
+    quick = targets(_results(asdict(QUICK), rows))
+    assert {t["id"]: t["met"] for t in quick} == dict.fromkeys(verdicts(full))
+    # One size off the full run's is enough to withhold the verdicts that depend on it.
+    other = targets(_results(asdict(replace(FULL, trickle_tasks=19_999)), rows))
+    assert {t["id"]: t["met"] for t in other}["go_trickle_throughput"] is None
+    assert {t["id"]: t["met"] for t in other}["go_noop_throughput"] is True
+    results = _results(asdict(QUICK), rows)
+    results["targets"] = quick
+    assert "No verdict for 4 of 4 targets" in render(results)
 
 
 class LossyFloor(FloorStrategy):
@@ -238,13 +415,13 @@ def test_a_strategy_that_loses_a_task_is_reported(monkeypatch: pytest.MonkeyPatc
         None,
         20,
         5,
-        ["ggopool", "gevent.spawn", "lossy"],
+        ["ggopool.Pool", "gevent.spawn", "lossy"],
         2,
         Progress(6, stream),
         warmup=0,
     )
     assert [(r["strategy"], r["tasks_run"], r["complete"]) for r in rows] == [
-        ("ggopool", [20, 20], True),
+        ("ggopool.Pool", [20, 20], True),
         ("gevent.spawn", [20, 20], True),
         ("lossy", [19, 19], False),
     ]
@@ -254,7 +431,7 @@ def test_a_strategy_that_loses_a_task_is_reported(monkeypatch: pytest.MonkeyPatc
 def test_a_trickle_reuses_one_ggopool_worker_for_every_task() -> None:
     # Each task is submitted once the one before has run, so the one worker has parked
     # by then and is woken for the next: the pool never needs a second.
-    strategy = GgopoolStrategy(10)
+    strategy = CappedPoolStrategy(10)
     pool = strategy._pool
     workers: list[int] = []
     try:

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import contextvars
+import re
 import sys
+import types
+from collections.abc import Callable
+from typing import Any
 
 import gevent
+import greenlet
 import pytest
 from gevent.event import Event
 
 import ggopool
+from ggopool import Config
+from ggopool._default import DEFAULT_POOL_MAX_IDLE
+from ggopool._worker import Worker
 from tests.conftest import HubErrors
 
 var: contextvars.ContextVar[int] = contextvars.ContextVar("var", default=0)
@@ -67,6 +75,106 @@ def test_registry_bad_input() -> None:
 
 
 def test_public_names() -> None:
-    assert set(ggopool.__all__) == {n for n in dir(ggopool) if not n.startswith("_")} - {
-        "annotations"
+    # Submodules (ggopool.bench, ggopool.locust) become attributes once imported: not names.
+    public = {
+        n
+        for n in dir(ggopool)
+        if not n.startswith("_") and not isinstance(getattr(ggopool, n), types.ModuleType)
     }
+    assert set(ggopool.__all__) == public - {"annotations"}
+
+
+# -- what the default pool costs after a burst -----------------------------------------------
+
+
+def workers_switched_to(run: Callable[[], object]) -> set[int]:
+    """The ids of the distinct ggopool worker greenlets that ran while ``run()`` ran."""
+    seen: set[int] = set()
+
+    def trace(event: str, args: Any) -> None:
+        if event in ("switch", "throw") and isinstance(args[1], Worker):
+            seen.add(id(args[1]))
+
+    old = greenlet.settrace(trace)
+    try:
+        run()
+    finally:
+        greenlet.settrace(old)
+    return seen
+
+
+def test_a_burst_that_never_yields_counts_gopools_workers_but_makes_one_greenlet() -> None:
+    pool = ggopool.default_pool()
+    gevent.idle()  # whatever earlier tests left parked settles first
+    parked_before = pool.stats().idle
+    done: list[int] = []
+    n = 10_000
+
+    def burst() -> None:
+        for i in range(n):
+            ggopool.go(done.append, i)
+        # gopool's count: threshold 1, unlimited cap, so every go() counted one more worker
+        # (or woke a parked one).
+        assert ggopool.worker_count() == max(n, parked_before)
+        gevent.idle()
+
+    switched = workers_switched_to(burst)
+    assert len(done) == n
+    # Only the workers that actually ran are greenlets: the first one took every task, and
+    # each woken parked worker found the queue empty; no new one was made for the other
+    # starts. Afterwards the pool holds what the load used, not what the burst counted.
+    assert len(switched) <= 1 + parked_before
+    stats = pool.stats()
+    assert stats.running == 0
+    assert stats.workers == stats.idle <= 1 + parked_before
+    assert len(pool._greenlets) == stats.workers
+
+
+def test_the_default_pool_keeps_at_most_max_idle_workers_parked() -> None:
+    pool = ggopool.default_pool()
+    assert pool.config.max_idle == DEFAULT_POOL_MAX_IDLE == 1000
+    gate = Event()
+    n = DEFAULT_POOL_MAX_IDLE + 200
+    for _ in range(n):
+        ggopool.go(gate.wait)
+    gevent.idle()
+    assert pool.stats().running == n  # every task runs at once, as with gevent.spawn
+    gate.set()
+    gevent.idle()
+    gevent.idle()
+    stats = pool.stats()
+    assert stats.running == 0
+    # The 200 workers that found the free list full left instead of parking.
+    assert stats.idle == stats.workers == DEFAULT_POOL_MAX_IDLE
+    assert len(pool._greenlets) == DEFAULT_POOL_MAX_IDLE
+
+
+def test_max_idle_bounds_a_capped_pool_and_zero_keeps_none() -> None:
+    for max_idle in (0, 3):
+        pool = ggopool.new_pool("idle-bound", 8, Config(max_idle=max_idle))
+        gate = Event()
+        for _ in range(8):
+            pool.go(gate.wait)
+        gevent.idle()
+        assert pool.worker_count() == 8
+        gate.set()
+        gevent.idle()
+        gevent.idle()
+        assert pool.stats().idle == pool.worker_count() == max_idle
+        ran: list[int] = []
+        pool.go(ran.append, 1)  # a parked worker is woken, or one is started
+        gevent.idle()
+        assert ran == [1]
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        (-1, ValueError, "max_idle must be an int >= 0, got -1"),
+        (1.5, TypeError, "max_idle must be an int >= 0, got 1.5"),
+        (True, TypeError, "max_idle must be an int >= 0, got True"),
+    ],
+)
+def test_max_idle_is_checked(value: object, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=rf"^{re.escape(message)}$"):
+        Config(max_idle=value)  # type: ignore[arg-type]

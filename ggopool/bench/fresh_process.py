@@ -17,9 +17,9 @@ def run_json(args: list[str], timeout: float) -> Any:
     that is not JSON raises RuntimeError with what the child printed.
     """
     env = dict(os.environ)
-    # The package's parent directory first, so the child imports this very ggopool even
-    # when it is run from a checkout that is not installed.
-    root = str(Path(__file__).resolve().parent.parent)
+    # The directory that holds the ggopool package first, so the child imports this very
+    # ggopool even when it is run from a checkout that is not installed.
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
         [sys.executable, *args],

@@ -1,7 +1,8 @@
-"""The ways to run tasks that the bench compares: ggopool, gevent's own, the floor.
+"""The ways to run tasks that the bench compares: ggopool's two, gevent's own, the floor.
 
 Each runs a burst (n tasks submitted in a tight loop) and a trickle (n tasks submitted one
-at a time, each once the one before has run).
+at a time, each once the one before has run). A strategy's name is what the tables show
+and what ``--strategies`` takes, so it needs no quoting in a shell.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import gevent.pool
 from gevent.event import Event
 
 import ggopool
+from ggopool import Pool
 
 #: How long a strategy waits for its tasks before giving up. A task that was lost then shows
 #: as a short ``tasks_run`` count in the report instead of hanging the bench.
@@ -27,11 +29,14 @@ class Strategy(ABC):
     """One way to run tasks: submit a burst of them, then wait until every one has run.
 
     The bench's counting task sets ``done`` when the last of the burst finishes, so a
-    strategy with no join of its own (ggopool, spawn_raw) waits on that.
+    strategy with no join of its own (spawn_raw) waits on that.
     """
 
-    #: The name in the table and in the JSON.
+    #: The name in the tables, in the JSON and on the command line.
     name = ""
+
+    #: Whether the strategy runs at most ``cap`` tasks at once (the tables show its cap).
+    capped = False
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
@@ -93,10 +98,56 @@ class Strategy(ABC):
         """Let go of whatever the strategy keeps between bursts."""
 
 
-class GgopoolStrategy(Strategy):
-    """``pool.go(fn)`` on one long-lived ggopool pool of the given cap (warm between bursts)."""
+def _settle(pool: Pool, done: Event) -> None:
+    """Wait until the burst's last task has run and every worker it woke or started is
+    parked or gone, so that no part of the burst's cost runs after its clock stops."""
+    if not done.wait(WAIT_LIMIT):
+        return
+    deadline = perf_counter() + WAIT_LIMIT
+    pool.join(WAIT_LIMIT)
+    stats = pool.stats()
+    # A worker whose start or wake-up is still on its way counts as awake, not idle.
+    while stats.workers != stats.idle and perf_counter() < deadline:
+        gevent.sleep(0)
+        stats = pool.stats()
 
-    name = "ggopool"
+
+class GoStrategy(Strategy):
+    """``ggopool.go(fn)``: the default pool, exactly as it ships (its cap is unlimited).
+
+    This is what an application gets by writing ``ggopool.go`` where it wrote
+    ``gevent.spawn``. The bench never changes the default pool's cap or config, and its
+    workers stay as the pool leaves them between bursts and workloads.
+    """
+
+    name = "ggopool.go"
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(cap)
+        self._pool = ggopool.default_pool()
+
+    def burst(self, n: int, task: Callable[[], object], done: Event) -> None:
+        go = ggopool.go
+        for _ in range(n):
+            go(task)
+        _settle(self._pool, done)
+
+    def submitter(self) -> Callable[[Callable[[], object]], object]:
+        return ggopool.go
+
+    def submit(self, fn: Callable[..., object], *args: Any) -> None:
+        ggopool.go(fn, *args)
+
+    def finish(self, done: Event) -> None:
+        _settle(self._pool, done)
+
+
+class CappedPoolStrategy(Strategy):
+    """``pool.go(fn)`` on one long-lived ``ggopool.Pool`` of the given cap (default
+    ``Config``), warm between bursts."""
+
+    name = "ggopool.Pool"
+    capped = True
 
     def __init__(self, cap: int) -> None:
         super().__init__(cap)
@@ -106,7 +157,7 @@ class GgopoolStrategy(Strategy):
         go = self._pool.go
         for _ in range(n):
             go(task)
-        done.wait(WAIT_LIMIT)
+        _settle(self._pool, done)
 
     def submitter(self) -> Callable[[Callable[[], object]], object]:
         return self._pool.go
@@ -115,7 +166,7 @@ class GgopoolStrategy(Strategy):
         self._pool.go(fn, *args)
 
     def finish(self, done: Event) -> None:
-        done.wait(WAIT_LIMIT)
+        _settle(self._pool, done)
 
     def running_at_once(self, n: int) -> int:
         return min(n, self.cap)
@@ -180,6 +231,7 @@ class GeventPoolStrategy(Strategy):
     """
 
     name = "gevent.pool.Pool"
+    capped = True
 
     def __init__(self, cap: int) -> None:
         super().__init__(cap)
@@ -205,14 +257,15 @@ class GeventPoolStrategy(Strategy):
 
 
 class FloorStrategy(Strategy):
-    """A bare ``deque.popleft()()`` loop in the caller's greenlet: the cost of the task alone.
+    """A bare ``deque.popleft()()`` loop in the caller's greenlet: the cost of the task alone
+    (the floor under every other strategy's cost per task).
 
     Tasks run one after the other, so it is a floor for the cost per task, not a way to
     run tasks that wait. In a trickle it calls the task directly: nothing is queued, no
     greenlet switches, and the task has run when the call returns, so there is no wait.
     """
 
-    name = "deque loop (floor)"
+    name = "deque-floor"
 
     def __init__(self, cap: int) -> None:
         super().__init__(cap)
@@ -248,13 +301,20 @@ class FloorStrategy(Strategy):
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (
-        GgopoolStrategy,
+        GoStrategy,
+        CappedPoolStrategy,
         SpawnStrategy,
         SpawnRawStrategy,
         GeventPoolStrategy,
         FloorStrategy,
     )
 }
+
+
+def cap_of(name: str, cap: int) -> int | None:
+    """The cap the strategy ``name`` runs under when given ``cap``; None if it has none."""
+    return cap if STRATEGIES[name].capped else None
+
 
 #: The strategy every ratio is taken against.
 BASELINE = SpawnStrategy.name

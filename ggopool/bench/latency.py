@@ -8,18 +8,19 @@ from typing import TypedDict
 
 from gevent.event import Event
 
-from ggopool._bench_progress import Progress
-from ggopool._bench_rounds import Sample, interleave
-from ggopool._bench_strategies import STRATEGIES, Strategy
-from ggopool._bench_workloads import stamped
+from ggopool.bench.progress import Progress
+from ggopool.bench.rounds import Sample, interleave
+from ggopool.bench.strategies import STRATEGIES, Strategy, cap_of
+from ggopool.bench.workloads import stamped
 
 
 class LatencyRow(TypedDict):
     """One strategy's start latency under a burst of n tasks."""
 
     n: int
-    cap: int
+    cap: int  # the cap this workload gives the capped strategies
     strategy: str
+    strategy_cap: int | None  # the cap this strategy ran under; None: it has none
     tasks_run: list[int]  # one per round
     complete: bool
     p50_us: float  # median over rounds of each round's 50th percentile
@@ -70,6 +71,7 @@ def latency(
                 n=n,
                 cap=cap,
                 strategy=name,
+                strategy_cap=cap_of(name, cap),
                 tasks_run=ran,
                 complete=all(r == n for r in ran),
                 p50_us=median(p50 for p50, _ in percentiles[name]) * 1e6,

@@ -13,15 +13,15 @@ from typing import Any
 
 from gevent.server import StreamServer
 
-from ggopool._bench_progress import Progress
-from ggopool._bench_rounds import ThroughputRow, throughput
-from ggopool._bench_subprocess import run_json
+from ggopool.bench.fresh_process import run_json
+from ggopool.bench.progress import Progress
+from ggopool.bench.rounds import ThroughputRow, throughput
 
 #: The child's whole program: patch first, then import the bench.
 BOOT = (
     "from gevent import monkey; monkey.patch_all()\n"
     "import sys\n"
-    "from ggopool._bench_tcp import main\n"
+    "from ggopool.bench.tcp import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 

@@ -13,10 +13,10 @@ from time import perf_counter
 
 from gevent.event import Event
 
-from ggopool._bench_progress import Progress
-from ggopool._bench_rounds import Sample, ThroughputRow, throughput
-from ggopool._bench_strategies import Strategy
-from ggopool._bench_workloads import Body, counted
+from ggopool.bench.progress import Progress
+from ggopool.bench.rounds import Sample, ThroughputRow, throughput
+from ggopool.bench.strategies import Strategy
+from ggopool.bench.workloads import Body, counted
 
 
 def timed_trickle(strategy: Strategy, n: int, body: Body | None) -> Sample:

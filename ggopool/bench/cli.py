@@ -1,0 +1,294 @@
+"""python -m ggopool bench: ggopool against gevent's ways to run tasks, in one run.
+
+Every strategy runs the same counting task; the rounds are interleaved so that the ratios
+to gevent.spawn hold on a noisy machine; the bench checks that every strategy ran
+exactly the tasks it was given and exits 1 if one did not. Progress goes to stderr.
+
+The full run takes {full};
+--quick takes {quick}. --quick shows the targets
+without pass/fail verdicts: they are set for the full run's sizes.
+
+strategies:
+  ggopool.go        ggopool.go(fn): the default pool as it ships (no cap)
+  ggopool.Pool      pool.go(fn) on a ggopool pool of the workload's cap
+  gevent.spawn      gevent.spawn(fn), then gevent.joinall: every ratio's baseline
+  gevent.spawn_raw  gevent.spawn_raw(fn): a raw greenlet per task
+  gevent.pool.Pool  gevent.pool.Pool(cap).spawn(fn), then join(); blocks when full
+  deque-floor       deque.popleft()() in the caller: the cost of the task alone
+
+workloads:
+  noop      bursts of the counting task alone
+  yield     bursts of tasks that call gevent.sleep(0) once, at each of --yield-caps
+  gopool    bursts of gopool's benchmark task (a 100-deep recursion)
+  trickle   one task at a time, each submitted once the one before has run
+  tcp       bursts of round trips to a loopback server, in a monkey-patched process
+  memory    RSS growth of a burst, at its peak and a while after, per strategy and
+            kind of task (noop, yield, event), each in a fresh process
+  latency   submit-to-start delay of each task of a burst (p50, p99)
+  scale     cost per no-op task as the burst grows (ggopool.Pool and deque-floor)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+
+from ggopool.bench.latency import latency
+from ggopool.bench.memory import KINDS, memory
+from ggopool.bench.progress import Progress
+from ggopool.bench.report import render
+from ggopool.bench.results import Results, command, complete, machine
+from ggopool.bench.rounds import throughput
+from ggopool.bench.scale import scale
+from ggopool.bench.settings import (
+    FULL,
+    QUICK,
+    WORKLOADS,
+    Settings,
+    scale_strategies,
+    steps,
+)
+from ggopool.bench.strategies import STRATEGIES
+from ggopool.bench.targets import targets
+from ggopool.bench.tcp import tcp
+from ggopool.bench.trickle import trickle
+from ggopool.bench.workloads import BODIES
+
+#: How long the two modes take on the shared 2-core machine docs/benchmark.md describes.
+FULL_DURATION = "several minutes on a 2-core machine"
+QUICK_DURATION = "about 1.5-2.5 min on a 2-core machine"
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated ints >= 1, got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"must be comma-separated ints >= 1, got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    (value,) = _ints(text)
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds >= 0, got {text!r}"
+        ) from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _choices(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(part.strip() for part in text.split(",") if part.strip())
+        unknown = [name for name in names if name not in allowed]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(
+                f"must be a comma-separated list of {', '.join(allowed)}; got {text!r}"
+            )
+        return names
+
+    return parse
+
+
+def _shown(value: object) -> str:
+    """A default as it would be typed on the command line."""
+    if isinstance(value, tuple):
+        return ",".join(_shown(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _default(field: str) -> str:
+    """The default of a setting in both modes, for its help line."""
+    full, quick = getattr(FULL, field), getattr(QUICK, field)
+    if full == quick:
+        return f"(default: {_shown(full)})"
+    return f"(default: {_shown(full)}; with --quick: {_shown(quick)})"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ggopool bench",
+        description=(__doc__ or "").format(full=FULL_DURATION, quick=QUICK_DURATION),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller sizes and fewer rounds, no target verdicts (default: off)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print JSON instead of the tables (default: off)"
+    )
+
+    def option(flag: str, field: str, parse: Callable[[str], object], what: str) -> None:
+        p.add_argument(flag, type=parse, dest=field, help=f"{what} {_default(field)}")
+
+    p.add_argument(
+        "-n",
+        "--tasks",
+        type=_positive,
+        help=f"tasks per burst for noop, yield and gopool {_default('tasks')}",
+    )
+    option(
+        "--cap", "cap", _positive, "the capped strategies' cap (noop, trickle, tcp, latency, scale)"
+    )
+    option("--yield-caps", "yield_caps", _ints, "the caps the yield workload runs at")
+    p.add_argument(
+        "--gopool-cap",
+        type=_positive,
+        help=f"the cap for gopool (default: the CPU count, {FULL.gopool_cap} here)",
+    )
+    option("--rounds", "rounds", _positive, "interleaved rounds")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        help=f"tasks per strategy in the warm-up round, 0 for none {_default('warmup')}",
+    )
+    option("--trickle-tasks", "trickle_tasks", _positive, "tasks submitted one at a time")
+    option("--tcp-tasks", "tcp_tasks", _positive, "round trips per burst (tcp)")
+    option("--tcp-rounds", "tcp_rounds", _positive, "interleaved rounds (tcp)")
+    option("--memory-tasks", "memory_tasks", _positive, "tasks per burst (memory)")
+    option("--memory-cap", "memory_cap", _positive, "the capped strategies' cap (memory)")
+    option(
+        "--memory-kinds",
+        "memory_kinds",
+        _choices(KINDS),
+        "the kinds of task the memory workload runs",
+    )
+    option(
+        "--memory-after",
+        "memory_after",
+        _seconds,
+        "seconds after the last task ran when the memory workload reads the RSS again",
+    )
+    option("--latency-tasks", "latency_tasks", _positive, "the burst size (latency)")
+    option("--scale-sizes", "scale_sizes", _ints, "the burst sizes (scale)")
+    option("--scale-per-point", "scale_per_point", _positive, "tasks timed per size (scale)")
+    p.add_argument(
+        "--workloads",
+        type=_choices(WORKLOADS),
+        help="which to run, comma-separated (default: all the workloads above)",
+    )
+    p.add_argument(
+        "--strategies",
+        type=_choices(tuple(STRATEGIES)),
+        help="which to compare, comma-separated (default: all the strategies above)",
+    )
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The mode's defaults, with whatever was given on the command line instead."""
+    base = QUICK if args.quick else FULL
+    given = {
+        name: value
+        for name, value in vars(args).items()
+        if value is not None and name in Settings.__dataclass_fields__
+    }
+    chosen = Settings(**{**asdict(base), **given})
+    if chosen.warmup < 0:
+        raise ValueError(f"--warmup must be an int >= 0, got {chosen.warmup}")
+    return chosen
+
+
+def run(s: Settings, argv: Sequence[str], progress: Progress) -> Results:
+    """Run the workloads ``s`` asks for, in order, and gather the results."""
+    names = list(s.strategies)
+    results = Results(
+        command=command(argv),
+        machine=machine(),
+        settings=asdict(s),
+        throughput=[],
+        memory=[],
+        latency=[],
+        scale=[],
+        targets=[],
+        complete=True,
+    )
+    for workload in s.workloads:
+        if workload in BODIES:
+            body = BODIES[workload]
+            caps = {"noop": (s.cap,), "yield": s.yield_caps, "gopool": (s.gopool_cap,)}
+            for cap in caps[workload]:
+                results["throughput"] += throughput(
+                    workload,
+                    body,
+                    s.tasks,
+                    cap,
+                    names,
+                    s.rounds,
+                    progress,
+                    warmup=min(s.warmup, s.tasks),
+                )
+        elif workload == "trickle":
+            results["throughput"] += trickle(
+                s.trickle_tasks,
+                s.cap,
+                names,
+                s.rounds,
+                progress,
+                warmup=min(s.warmup, s.trickle_tasks),
+            )
+        elif workload == "tcp":
+            results["throughput"] += tcp(
+                s.tcp_tasks,
+                s.cap,
+                names,
+                s.tcp_rounds,
+                progress,
+                warmup=min(s.warmup, s.tcp_tasks),
+            )
+        elif workload == "memory":
+            results["memory"] = memory(
+                s.memory_tasks, s.memory_cap, s.memory_kinds, names, s.memory_after, progress
+            )
+        elif workload == "latency":
+            results["latency"] = latency(s.latency_tasks, s.cap, names, s.rounds, progress)
+        elif workload == "scale" and scale_strategies(s):
+            results["scale"] = scale(
+                s.scale_sizes,
+                s.cap,
+                scale_strategies(s),
+                s.rounds,
+                progress,
+                tasks_per_point=s.scale_per_point,
+            )
+    results["targets"] = targets(results)
+    results["complete"] = complete(results)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the bench; print the tables (or JSON). Exit 1 if any strategy miscounted."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        s = settings_from(args)
+    except ValueError as exc:
+        p.error(str(exc))
+    progress = Progress(steps(s))
+    try:
+        results = run(s, argv, progress)
+    finally:
+        progress.close()
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(render(results))
+    return 0 if results["complete"] else 1
