@@ -119,7 +119,7 @@ def test_task_with_deep_traceback_becomes_ready() -> None:
     with must_not_hang("TaskGroup.wait()"), pytest.raises(RecursionError):
         group.wait()
     s = check_counts(pool)
-    assert s.failed == 4
+    assert s.failed == 5  # one, map() of two, imap_unordered() of one, the group's one
     runs_next_task(pool)
 
 
