@@ -337,6 +337,50 @@ def test_exception_thrown_into_just_woken_worker_ends_it_and_task_still_runs(
     runs_next_task(pool)
 
 
+@pytest.mark.parametrize("make_exc", [GreenletExit, ValueError], ids=["GreenletExit", "ValueError"])
+@pytest.mark.parametrize("where", ["panic_handler", "hub_report"])
+def test_exception_thrown_into_worker_reporting_a_failure_leaves_counts_right(
+    hub_errors: HubErrors, make_exc: Callable[[], BaseException], where: str
+) -> None:
+    # The worker is inside the panic handler, or inside an application's handle_error,
+    # both of which may yield (to log over the network), when the exception lands.
+    pool = ggopool.new_pool("report", 1, Config(idle_timeout=None))
+    hub = gevent.get_hub()
+    inside = Event()
+    reported: list[Any] = []
+
+    def block(*args: Any) -> None:
+        reported.append(args)
+        inside.set()
+        Event().wait()  # until the exception lands
+
+    if where == "panic_handler":
+        pool.set_panic_handler(block)
+    else:
+        hub.handle_error = block  # type: ignore[method-assign,assignment]
+    ran: list[int] = []
+    try:
+        pool.go(fail)
+        pool.go(ran.append, 1)  # queued behind it
+        with must_not_hang("the report"):
+            inside.wait()
+        [worker] = list(pool._greenlets)
+        exc = make_exc()
+        gevent.kill(worker, exc)
+        gevent.idle()
+    finally:
+        hub.handle_error = hub_errors.handle_error  # type: ignore[method-assign,assignment]
+    assert len(reported) == 1
+    assert ran == [1]  # the queued task ran: on the same worker, or on a new one
+    if where == "panic_handler" and not isinstance(exc, GreenletExit):
+        assert take_one(hub_errors, pool, type(exc)) is exc  # the handler's own failure
+    s = check_counts(pool)
+    assert (s.failed, s.completed, s.running) == (1, 1, 0)
+    assert worker.dead is isinstance(exc, GreenletExit)
+    assert s.workers == 1
+    runs_next_task(pool)
+
+
 # -- 6. Task.kill() racing Pool.kill() --------------------------------------------------------
 
 
@@ -474,11 +518,18 @@ def test_pool_kill_cancels_tasks_in_the_inbox_from_other_threads() -> None:
     pool = ggopool.new_pool("threads", 2)
     ran: list[int] = []
     hand_over(pool, ran, 5)
-    assert pool.task_count() == 5
+    handles: list[ggopool.Task[None]] = []
+    thread = threading.Thread(target=lambda: handles.append(pool.submit(ran.append, 5)))
+    thread.start()
+    thread.join(HANG)
+    assert pool.task_count() == 6
     with must_not_hang("Pool.kill()"):
         assert pool.kill(timeout=None) is True
     gevent.idle()
     assert ran == []
+    [handle] = handles
+    assert handle.cancelled()
+    assert handle.ready()
     s = check_counts(pool)
     assert (pool.task_count(), s.pending, s.workers) == (0, 0, 0)
     runs_next_task(pool)
