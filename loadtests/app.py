@@ -12,6 +12,9 @@ Routes:
 * ``POST /webhooks``: the webhook receiver the app notifies when no other is configured.
 * ``GET /stats``: this process's pools and counters as JSON (under gunicorn each worker
   answers for itself; ``pid`` says which).
+* ``GET /metrics``: the pools in Prometheus's text format (`ggopool.prometheus`), the two
+  pools measured with ``instrument``. With ``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn),
+  any worker answers for every worker process.
 
 Run it::
 
@@ -38,7 +41,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -47,8 +50,10 @@ import gevent.socket
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 from geventhttpclient import HTTPClient
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 import ggopool
+from ggopool.prometheus import MultiProcessPublisher, PoolCollector, instrument, multiprocess_mode
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -105,6 +110,7 @@ class CountedPool:
     def __init__(self, name: str, cap: int) -> None:
         self.pool = ggopool.new_pool(name, cap)
         self.pool.set_panic_handler(self._on_panic)
+        self.measured = instrument(self.pool)  # queue wait and peaks in /metrics
         self.submitted = 0
         self.completed = 0
         self.failed = 0
@@ -114,7 +120,7 @@ class CountedPool:
 
     def go(self, fn: Callable[..., object], /, *args: object) -> None:
         self.submitted += 1
-        self.pool.go(self._run, fn, args)
+        self.measured.go(self._run, fn, args)
         # Workers start only inside go() (or set_cap), so sampling here sees every peak.
         self.peak_workers = max(self.peak_workers, self.pool.worker_count())
 
@@ -199,6 +205,16 @@ class Process:
         self.dashboards = 0
         self.warmups = 0
         self._audit_fd: int | None = None
+        # /metrics: this process's pools, or with PROMETHEUS_MULTIPROC_DIR set (gunicorn)
+        # every process's, published by each process every second and at each scrape.
+        collector = PoolCollector([self.background.measured, self.fanout.measured])
+        self.registry = CollectorRegistry()
+        self.publisher: MultiProcessPublisher | None = None
+        if multiprocess_mode():
+            self.publisher = MultiProcessPublisher(collector)
+            self.publisher.start()
+        else:
+            self.registry.register(collector)
 
     def client(self, host: str, port: int, concurrency: int) -> HTTPClient:
         key = (host, port)
@@ -235,6 +251,11 @@ class Process:
         return {
             "pid": self.pid,
             "pools": {"background": self.background.stats(), "fanout": self.fanout.stats()},
+            # What each pool's stats() says, as /metrics reports it.
+            "pool_stats": {
+                pool.name: asdict(pool.stats())
+                for pool in (self.background.pool, self.fanout.pool, ggopool.default_pool())
+            },
             "orders": {
                 "accepted": self.orders_accepted,
                 "audited": self.audited.runs,
@@ -395,6 +416,12 @@ def get_dashboard(proc: Process, environ: WSGIEnvironment) -> Response:
     return _json("200 OK", {"pid": proc.pid, "widgets": results})
 
 
+def get_metrics(proc: Process) -> Response:
+    publisher = proc.publisher
+    body = publisher.scrape() if publisher is not None else generate_latest(proc.registry)
+    return "200 OK", body, CONTENT_TYPE_LATEST
+
+
 def get_leaf(proc: Process, kind: str, name: str) -> Response:
     gevent.sleep(proc.settings.work_delay)
     if kind == "widgets":
@@ -423,6 +450,8 @@ def route(proc: Process, environ: WSGIEnvironment) -> Response:
         return get_dashboard(proc, environ)
     if method == "GET" and path == "/stats":
         return _json("200 OK", proc.stats())
+    if method == "GET" and path == "/metrics":
+        return get_metrics(proc)
     if method == "GET" and path == "/":
         return get_page()
     if method == "GET" and len(parts) == 2 and parts[0] in ("assets", "widgets") and parts[1]:

@@ -1,0 +1,666 @@
+"""Prometheus metrics for ggopool pools: a collector read at scrape time, opt-in saturation
+signals, and publishing for prometheus_client's multiprocess mode (gunicorn).
+
+Needs ``prometheus_client`` (``pip install 'ggopool[prometheus]'``). Importing ``ggopool``
+never imports it; importing this module does.
+
+One process::
+
+    from prometheus_client import REGISTRY
+    from ggopool.prometheus import PoolCollector
+
+    REGISTRY.register(PoolCollector())  # the default pool and every registered pool
+
+Every scrape reads each pool's `~ggopool.Pool.stats`: nothing is counted on a task's way
+through the pool for these metrics. The queue-wait histogram and the peaks need a count per
+task, so they are opt-in per pool with `instrument`. Under gunicorn's worker processes, see
+`MultiProcessPublisher`. ``docs/observability.md`` has the whole story, with the metrics
+listed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
+from contextvars import Context
+from time import perf_counter
+from typing import Any, ParamSpec, TypeVar
+
+import gevent
+from prometheus_client import values
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import CollectorRegistry
+
+from ggopool._default import _registry, default_pool
+from ggopool._describe import callable_name
+from ggopool._group import TaskGroup
+from ggopool._pool import Pool
+from ggopool._task import Task
+
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "InstrumentedPool",
+    "MultiProcessPublisher",
+    "PoolCollector",
+    "instrument",
+    "multiprocess_mode",
+]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Upper bounds, in seconds, of the queue-wait histogram's buckets (``+Inf`` is added):
+#: from 100 µs, about what a task waits behind a few others, to 10 s, a pool far behind.
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+_LABELS = ["pool"]
+
+# (name, help) of each metric read from stats(); the field of PoolStats is the last word.
+_GAUGES = (
+    ("ggopool_cap", "The most tasks the pool runs at once.", "cap"),
+    ("ggopool_workers", "Live worker greenlets, running a task or parked.", "workers"),
+    ("ggopool_workers_idle", "Worker greenlets parked on the free list.", "idle"),
+    ("ggopool_tasks_running", "Tasks started and not finished.", "running"),
+    ("ggopool_tasks_pending", "Tasks queued, not started, not cancelled.", "pending"),
+)
+_COUNTERS = (
+    ("ggopool_tasks_submitted", "Tasks accepted by go, ctx_go, submit or try_go.", "submitted"),
+    ("ggopool_tasks_completed", "Tasks that returned (or were killed while running).", "completed"),
+    ("ggopool_tasks_failed", "Tasks that raised.", "failed"),
+    ("ggopool_tasks_cancelled", "Tasks cancelled before they started.", "cancelled"),
+    (
+        "ggopool_tasks_rejected",
+        "Calls refused: pool closed, pool full, try_go with no room.",
+        "rejected",
+    ),
+)
+_WAIT = ("ggopool_task_queue_wait_seconds", "Seconds from go() to the task's start.")
+_PEAK_RUNNING = (
+    "ggopool_tasks_running_peak",
+    "The most tasks running at once since the last scrape.",
+)
+_PEAK_WORKERS = (
+    "ggopool_workers_peak",
+    "The most worker greenlets alive at once since the last scrape.",
+)
+
+
+def _le(bound: float) -> str:
+    # A bucket's upper bound as Prometheus writes it.
+    return "+Inf" if bound == math.inf else repr(bound)
+
+
+def multiprocess_mode() -> bool:
+    """True if prometheus_client keeps its values in ``PROMETHEUS_MULTIPROC_DIR`` files.
+
+    prometheus_client decides once, when it is imported, from that environment variable.
+    """
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+# -- saturation signals, opt-in per pool ----------------------------------------------------
+
+
+class _Timed(tuple):  # type: ignore[type-arg]  # (owner, fn, args, kwargs, queued_at)
+    """A task on its way through an instrumented pool: when it starts, it records how long it
+    waited and counts itself running, then runs the caller's ``fn``.
+
+    A tuple, made in C: of the ways measured to carry the five fields (a ``__slots__``
+    class, a bound method with arguments), the one that keeps the caller's function name
+    in failure reports at the least cost.
+    """
+
+    __slots__ = ()
+
+    def __call__(self) -> Any:
+        owner, fn, args, kwargs, queued_at = self
+        wait = perf_counter() - queued_at
+        # The last bound is +inf, so every wait has a bucket.
+        owner._wait_buckets[bisect_left(owner._bounds, wait)] += 1
+        owner._wait_sum += wait
+        running = owner._running + 1
+        owner._running = running
+        if running > owner._peak_running:
+            owner._peak_running = running
+        # A worker the pool adds runs a task before it can leave, so sampling the count as
+        # each task starts sees every peak of workers that ran these tasks.
+        workers = owner._pool.worker_count()
+        if workers > owner._peak_workers:
+            owner._peak_workers = workers
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            owner._running -= 1
+
+    @property
+    def __name__(self) -> str:
+        # What reports that name a task (the hub's, a Task's repr) read when there is no
+        # __qualname__: the caller's function, not this wrapper.
+        return callable_name(self[1])
+
+
+def _timed(
+    owner: InstrumentedPool, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Callable[[], T]:
+    return _Timed((owner, fn, args, kwargs, perf_counter()))
+
+
+class _InstrumentedGroup(TaskGroup):
+    def __init__(self, owner: InstrumentedPool, cancel_on_error: bool) -> None:
+        super().__init__(owner.pool, cancel_on_error)
+        self._owner = owner
+
+    def go(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        return super().go(_timed(self._owner, fn, args, kwargs))
+
+
+class InstrumentedPool:
+    """A pool's ways in (``go``, ``ctx_go``, ``try_go``, ``submit``, ``group``) that also
+    measure how long each task waits in the queue and how many run at once; from
+    `instrument`.
+
+    Example::
+
+        notify = ggopool.prometheus.instrument(ggopool.new_pool("notify", 100))
+        notify.go(send_webhook, order_id)      # instead of pool.go(send_webhook, order_id)
+
+    Rules:
+
+    * Each method behaves as the pool's own (same errors, same rules), and wraps the task
+      so that when it starts it records its queue wait (seconds since the call) in the
+      histogram and counts itself running. The wrapper is one small object per task;
+      `docs/observability.md` states what it costs.
+    * Only tasks queued through this object are measured. Tasks queued on `pool`
+      directly run as before and pay nothing, but are not in the histogram, and the peak
+      of running tasks does not count them.
+    * The peaks (running tasks, live workers) are the highest values since the last
+      scrape: a `PoolCollector` scrape reports them and starts the next period at the
+      values of that moment. Workers are sampled as each measured task starts and at the
+      scrape.
+    * A `PoolCollector` reports these signals for every pool it reports that has been
+      instrumented, as long as this object is alive (keep it: it is how you submit).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_bounds",
+        "_peak_running",
+        "_peak_workers",
+        "_pool",
+        "_running",
+        "_wait_buckets",
+        "_wait_sum",
+    )
+
+    def __init__(self, pool: Pool, bounds: tuple[float, ...]) -> None:
+        self._pool = pool
+        self._bounds = bounds  # ends with +inf
+        self._wait_buckets = [0] * len(bounds)  # per bucket, not cumulative
+        self._wait_sum = 0.0
+        self._running = 0
+        self._peak_running = 0
+        self._peak_workers = pool.worker_count()
+
+    def __repr__(self) -> str:
+        return f"<ggopool.prometheus.InstrumentedPool {self._pool!r}>"
+
+    @property
+    def pool(self) -> Pool:
+        """The pool the tasks run on."""
+        return self._pool
+
+    @property
+    def name(self) -> str:
+        """The pool's name."""
+        return self._pool.name
+
+    @property
+    def buckets(self) -> tuple[float, ...]:
+        """The upper bounds of the queue-wait histogram's buckets, ``+inf`` last."""
+        return self._bounds
+
+    def go(self, fn: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs) -> None:
+        """`ggopool.Pool.go`, measured."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        self._pool.go(_Timed((self, fn, args, kwargs, perf_counter())))
+
+    def ctx_go(
+        self,
+        ctx: Context,
+        fn: Callable[P, object],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> None:
+        """`ggopool.Pool.ctx_go`, measured."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        self._pool.ctx_go(ctx, _Timed((self, fn, args, kwargs, perf_counter())))
+
+    def try_go(self, fn: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs) -> bool:
+        """`ggopool.Pool.try_go`, measured."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        return self._pool.try_go(_Timed((self, fn, args, kwargs, perf_counter())))
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]:
+        """`ggopool.Pool.submit`, measured."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        return self._pool.submit(_timed(self, fn, args, kwargs))
+
+    def group(self, cancel_on_error: bool = False) -> TaskGroup:
+        """`ggopool.Pool.group`, whose tasks are measured."""
+        return _InstrumentedGroup(self, cancel_on_error)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's counts are the parent's (in multiprocess mode it publishes them):
+        # the child's start from zero, as its pools' do. Tasks that were running at the
+        # fork still run here, so the running count stays.
+        self._wait_buckets = [0] * len(self._bounds)
+        self._wait_sum = 0.0
+        self._peak_running = self._running
+        self._peak_workers = self._pool.worker_count()
+
+    def _take_peaks(self) -> tuple[int, int]:
+        """The peaks since the last take, and start the next period at the values of now."""
+        running = self._running
+        workers = self._pool.worker_count()
+        peaks = (max(self._peak_running, running), max(self._peak_workers, workers))
+        self._peak_running = running
+        self._peak_workers = workers
+        return peaks
+
+
+#: Every live InstrumentedPool, so that a collector finds the ones of the pools it reports.
+_instrumented: weakref.WeakSet[InstrumentedPool] = weakref.WeakSet()
+#: Every live MultiProcessPublisher, for the reset after a fork.
+_publishers: weakref.WeakSet[MultiProcessPublisher] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Registered after ggopool's own (which empties every pool), so it sees them empty.
+    for instrumented in list(_instrumented):
+        instrumented._after_fork_in_child()
+    for publisher in list(_publishers):
+        publisher._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _check_buckets(buckets: object) -> tuple[float, ...]:
+    rule = "buckets must be a non-empty sequence of increasing numbers of seconds > 0"
+    if isinstance(buckets, (str, bytes)) or not isinstance(buckets, Sequence):
+        raise TypeError(f"{rule}, got {buckets!r}")
+    bounds: list[float] = []
+    for bound in buckets:
+        if type(bound) is bool or not isinstance(bound, (int, float)):
+            raise TypeError(f"{rule}, got {buckets!r}")
+        if math.isnan(bound) or bound <= 0 or (bounds and bound <= bounds[-1]):
+            raise ValueError(f"{rule}, got {buckets!r}")
+        bounds.append(float(bound))
+    if not bounds:
+        raise ValueError(f"{rule}, got {buckets!r}")
+    if bounds[-1] != math.inf:
+        bounds.append(math.inf)
+    return tuple(bounds)
+
+
+def instrument(pool: Pool, buckets: Sequence[float] = DEFAULT_BUCKETS) -> InstrumentedPool:
+    """Measure ``pool``'s queue wait and peaks for the tasks queued through the returned
+    `InstrumentedPool`; a pool that is not instrumented pays nothing.
+
+    ``buckets`` are the histogram's upper bounds in seconds, increasing (``+Inf`` is
+    added). Instrumenting a pool again returns the same object; with other buckets it
+    raises ValueError.
+    """
+    if not isinstance(pool, Pool):
+        raise TypeError(f"pool must be a ggopool.Pool, got {pool!r}")
+    bounds = _check_buckets(buckets)
+    for existing in _instrumented:
+        if existing._pool is pool:
+            if existing._bounds != bounds:
+                raise ValueError(
+                    f"pool {pool.name!r} is already instrumented with buckets "
+                    f"{existing._bounds[:-1]!r}, got {tuple(buckets)!r}"
+                )
+            return existing
+    instrumented = InstrumentedPool(pool, bounds)
+    _instrumented.add(instrumented)
+    return instrumented
+
+
+# -- the collector --------------------------------------------------------------------------
+
+_Pools = Iterable[Pool | InstrumentedPool]
+
+
+class PoolCollector:
+    """A prometheus_client collector for ggopool pools, read at scrape time.
+
+    Example::
+
+        REGISTRY.register(PoolCollector([orders_pool]))
+
+    Rules:
+
+    * It reports the default pool (``default=True``), every pool in ggopool's registry at
+      the time of the scrape (``registered=True``, see `ggopool.register_pool`), and the
+      ``pools`` given: pools or `InstrumentedPool` objects, or a callable that returns them
+      at each scrape. Each pool once, labelled ``pool="<name>"``; two different pools with
+      the same name make the scrape raise ValueError.
+    * Each scrape calls each pool's ``stats()``: gauges ``ggopool_cap``,
+      ``ggopool_workers``, ``ggopool_workers_idle``, ``ggopool_tasks_running``,
+      ``ggopool_tasks_pending``; counters ``ggopool_tasks_submitted_total``,
+      ``..._completed_total``, ``..._failed_total``, ``..._cancelled_total``,
+      ``..._rejected_total``.
+    * For pools that were `instrument`-ed: the histogram
+      ``ggopool_task_queue_wait_seconds`` and the gauges ``ggopool_tasks_running_peak``
+      and ``ggopool_workers_peak`` (since the previous scrape, which this one ends).
+    * ``stats()`` belongs to the pool's thread; scraped from another thread (the
+      ``start_http_server`` thread, unpatched), the snapshot may be a moment inconsistent.
+    * In prometheus_client's multiprocess mode a collector's values are seen only by a
+      scrape of its own process: use `MultiProcessPublisher` there.
+    """
+
+    def __init__(
+        self,
+        pools: _Pools | Callable[[], _Pools] = (),
+        *,
+        registered: bool = True,
+        default: bool = True,
+    ) -> None:
+        if type(registered) is not bool:
+            raise TypeError(f"registered must be a bool, got {registered!r}")
+        if type(default) is not bool:
+            raise TypeError(f"default must be a bool, got {default!r}")
+        if callable(pools):
+            self._pools: Callable[[], _Pools] | None = pools
+            self._fixed: list[Pool] = []
+        else:
+            self._pools = None
+            self._fixed = self._check_pools(pools)
+        self._registered = registered
+        self._default = default
+
+    def __repr__(self) -> str:
+        return (
+            f"<ggopool.prometheus.PoolCollector pools={len(self._fixed)}"
+            f"{' (callable)' if self._pools is not None else ''} "
+            f"registered={self._registered} default={self._default}>"
+        )
+
+    @staticmethod
+    def _check_pools(pools: object) -> list[Pool]:
+        rule = "pools must be an iterable of ggopool.Pool or InstrumentedPool"
+        if isinstance(pools, (str, bytes)) or not isinstance(pools, Iterable):
+            raise TypeError(f"{rule}, got {pools!r}")
+        found: list[Pool] = []
+        for pool in pools:
+            if isinstance(pool, InstrumentedPool):
+                pool = pool.pool
+            if not isinstance(pool, Pool):
+                raise TypeError(f"{rule}, got {pool!r} in it")
+            found.append(pool)
+        return found
+
+    def pools(self) -> list[Pool]:
+        """The pools a scrape now would report, by name."""
+        candidates: list[Pool] = [default_pool()] if self._default else []
+        if self._registered:
+            candidates.extend(list(_registry.values()))
+        candidates.extend(self._fixed)
+        if self._pools is not None:
+            candidates.extend(self._check_pools(self._pools()))
+        by_name: dict[str, Pool] = {}
+        for pool in candidates:
+            if by_name.setdefault(pool.name, pool) is not pool:
+                raise ValueError(
+                    f"two different pools are named {pool.name!r}: the pools a "
+                    "PoolCollector reports must have different names"
+                )
+        return [by_name[name] for name in sorted(by_name)]
+
+    def describe(self) -> list[Metric]:
+        """The metrics' names and types, without reading any pool (so registering with a
+        registry does not end a period of the peaks)."""
+        return self._families([], lambda instrumented: (0, 0))
+
+    def collect(self) -> list[Metric]:
+        """Read every pool now; ends the peaks' period."""
+        return self._families(self.pools(), InstrumentedPool._take_peaks)
+
+    def _families(
+        self, pools: list[Pool], peaks: Callable[[InstrumentedPool], tuple[int, int]]
+    ) -> list[Metric]:
+        gauges = [GaugeMetricFamily(name, doc, labels=_LABELS) for name, doc, _ in _GAUGES]
+        counters = [CounterMetricFamily(name, doc, labels=_LABELS) for name, doc, _ in _COUNTERS]
+        wait = HistogramMetricFamily(*_WAIT, labels=_LABELS)
+        peak_running = GaugeMetricFamily(*_PEAK_RUNNING, labels=_LABELS)
+        peak_workers = GaugeMetricFamily(*_PEAK_WORKERS, labels=_LABELS)
+        instrumented = {id(i._pool): i for i in list(_instrumented)}
+        for pool in pools:
+            stats = pool.stats()
+            label = [pool.name]
+            for family, (_, _, field) in zip(gauges, _GAUGES, strict=True):
+                family.add_metric(label, getattr(stats, field))
+            for counter, (_, _, field) in zip(counters, _COUNTERS, strict=True):
+                counter.add_metric(label, getattr(stats, field))
+            measured = instrumented.get(id(pool))
+            if measured is None or measured._pool is not pool:
+                continue
+            cumulative = 0
+            buckets: list[tuple[str, float]] = []
+            for bound, count in zip(measured._bounds, measured._wait_buckets, strict=True):
+                cumulative += count
+                buckets.append((_le(bound), cumulative))
+            wait.add_metric(label, buckets, measured._wait_sum)
+            running, workers = peaks(measured)
+            peak_running.add_metric(label, running)
+            peak_workers.add_metric(label, workers)
+        return [*gauges, *counters, wait, peak_running, peak_workers]
+
+
+# -- multiprocess mode ----------------------------------------------------------------------
+
+#: The file whose changes tell every process that a scrape read their values (see
+#: MultiProcessPublisher.scrape). Not a ``.db`` file, so MultiProcessCollector skips it.
+SCRAPES_FILE = "ggopool_scrapes"
+
+
+class MultiProcessPublisher:
+    """Write a `PoolCollector`'s values into this process's files of prometheus_client's
+    multiprocess mode, so that a scrape of any process (say, any gunicorn worker) reports
+    the pools of every process.
+
+    In each worker process (gunicorn's ``post_fork``, or on first use), and in the
+    ``/metrics`` handler::
+
+        publisher = MultiProcessPublisher(PoolCollector([orders_pool]))
+        publisher.start()                     # every second, in this process
+        ...
+        body = publisher.scrape()             # in /metrics, served by any worker
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+
+    Rules:
+
+    * prometheus_client must be in multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set
+      before it is imported), or the constructor raises RuntimeError.
+    * `publish` writes this process's values now: gauges with prometheus_client's
+      ``multiprocess_mode="liveall"`` (one series per live process, labelled ``pid``),
+      counters and the queue-wait histogram summed over processes, as prometheus_client
+      does for its own metrics. `start` publishes every ``interval`` seconds on an
+      unreferenced hub timer (it keeps no ``gevent.wait()`` waiting); a scrape sees the
+      other processes' values as they were at most ``interval`` seconds ago.
+    * `scrape` publishes this process's values, renders every process's files (with
+      ``MultiProcessCollector``), and marks the scrape in the directory. Each process's
+      next publication then starts a new period of its peaks; until then its peaks keep
+      growing. So a peak is reported by at least one scrape, and a scrape reports the peaks
+      since the previous one, give or take one ``interval``.
+    * Call ``prometheus_client.multiprocess.mark_process_dead(pid)`` when a worker exits
+      (gunicorn's ``child_exit``): its gauges go, its counts stay in the sums.
+    """
+
+    def __init__(self, collector: PoolCollector, interval: float = 1.0) -> None:
+        if not isinstance(collector, PoolCollector):
+            raise TypeError(f"collector must be a PoolCollector, got {collector!r}")
+        if type(interval) is bool or not isinstance(interval, (int, float)):
+            raise TypeError(f"interval must be a number of seconds > 0, got {interval!r}")
+        if not (interval > 0 and math.isfinite(interval)):
+            raise ValueError(f"interval must be a number of seconds > 0, got {interval!r}")
+        path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not multiprocess_mode() or not path:
+            raise RuntimeError(
+                "prometheus_client is not in multiprocess mode: set PROMETHEUS_MULTIPROC_DIR "
+                "to a directory before prometheus_client is imported"
+            )
+        self._collector = collector
+        self._interval = float(interval)
+        self._path = path
+        self._scrapes = os.path.join(path, SCRAPES_FILE)
+        self._seen_scrapes: tuple[int, int] | None = None
+        # Per instrumented pool: the peaks of the period the next scrape will report.
+        self._periods: weakref.WeakKeyDictionary[InstrumentedPool, tuple[int, int]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._values: dict[tuple[str, str, tuple[tuple[str, str], ...]], Any] = {}
+        self._timer: Any = None
+        _publishers.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The child's peaks start a period of their own; its values go to files of its own
+        # pid (prometheus_client sees the pid change). A started timer goes on publishing.
+        self._periods.clear()
+        self._seen_scrapes = None
+
+    def __repr__(self) -> str:
+        state = "started" if self._timer is not None else "stopped"
+        return f"<ggopool.prometheus.MultiProcessPublisher {self._path!r} {state}>"
+
+    @property
+    def path(self) -> str:
+        """The multiprocess directory."""
+        return self._path
+
+    def start(self) -> None:
+        """Publish now and then every ``interval`` seconds, on this thread's hub."""
+        if self._timer is not None:
+            return
+        self.publish()
+        timer = gevent.get_hub().loop.timer(self._interval, self._interval, ref=False)
+        timer.start(self.publish)
+        self._timer = timer
+
+    def stop(self) -> None:
+        """Stop publishing every ``interval`` (what was published stays)."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.close()
+
+    def _scrape_mark(self) -> tuple[int, int]:
+        try:
+            st = os.stat(self._scrapes)
+        except FileNotFoundError:
+            return (0, 0)
+        return (st.st_mtime_ns, st.st_size)
+
+    def publish(self) -> None:
+        """Write this process's values to its multiprocess files now."""
+        mark = self._scrape_mark()
+        scraped = mark != self._seen_scrapes
+        self._seen_scrapes = mark
+        periods = self._periods
+
+        def peaks(instrumented: InstrumentedPool) -> tuple[int, int]:
+            # The peaks since this process's last publication. After a scrape, the period
+            # before it was reported: the new one starts with them, which no scrape saw.
+            running, workers = instrumented._take_peaks()
+            if not scraped and instrumented in periods:
+                before_running, before_workers = periods[instrumented]
+                running, workers = max(running, before_running), max(workers, before_workers)
+            periods[instrumented] = (running, workers)
+            return running, workers
+
+        for family in self._collector._families(self._collector.pools(), peaks):
+            self._write(family)
+
+    def _write(self, family: Metric) -> None:
+        if family.type == "histogram":
+            # The files hold each bucket's own count; MultiProcessCollector adds them up
+            # (and derives _count from them).
+            below: dict[tuple[tuple[str, str], ...], float] = {}
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    labels = tuple((k, v) for k, v in sample.labels.items() if k != "le")
+                    own = sample.value - below.get(labels, 0)
+                    self._set(family, sample.name, sample.labels, own)
+                    below[labels] = sample.value
+                elif sample.name.endswith("_sum"):
+                    self._set(family, sample.name, sample.labels, sample.value)
+            return
+        for sample in family.samples:
+            self._set(family, sample.name, sample.labels, sample.value)
+
+    def _set(self, family: Metric, name: str, labels: dict[str, str], value: float) -> None:
+        key = (family.name, name, tuple(labels.items()))
+        mmaped = self._values.get(key)
+        if mmaped is None:
+            mmaped = values.ValueClass(
+                family.type,
+                family.name,
+                name,
+                tuple(labels),
+                tuple(labels.values()),
+                family.documentation,
+                multiprocess_mode="liveall",  # read for gauges only
+            )
+            self._values[key] = mmaped
+        mmaped.set(value)
+
+    def scrape(self) -> bytes:
+        """Publish, then render every process's metrics in the text format
+        (``prometheus_client.CONTENT_TYPE_LATEST``), then mark the scrape."""
+        self.publish()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self._path)  # type: ignore[no-untyped-call]
+        body = generate_latest(registry)
+        # One byte appended: every process sees the file's size and time change.
+        fd = os.open(self._scrapes, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b".")
+            if os.fstat(fd).st_size >= 4096:
+                os.ftruncate(fd, 0)  # any change is a new mark; keep the file small
+        finally:
+            os.close(fd)
+        return body
