@@ -619,6 +619,11 @@ FORK_QUEUED_TASK = """
     from gevent.event import Event
     import ggopool
 
+
+    def say(*words):
+        # One write per line: the parent and the child share the pipe.
+        os.write(1, (" ".join(map(str, words)) + "\\n").encode())
+
     pool = ggopool.new_pool("fork", 1, ggopool.Config(idle_timeout=None))
     gate = Event()
     pool.go(gate.wait)
@@ -636,12 +641,12 @@ FORK_QUEUED_TASK = """
         seen += [queued.cancel(), pool.task_count(), pool.stats().pending]
         seen.append(pool.submit(lambda: "child").get(timeout=10))
         seen += [pool.task_count(), pool.stats().pending]
-        print("child", seen, flush=True)
+        say("child", seen)
         os._exit(0)
     gate.set()
-    print("parent", queued.get(timeout=10), flush=True)
+    say("parent", queued.get(timeout=10))
     _, status = os.waitpid(pid, 0)
-    print("status", status, flush=True)
+    say("status", status)
 """
 
 
@@ -661,6 +666,11 @@ FORK_CLOSED_POOL = """
     import os
     import ggopool
 
+
+    def say(*words):
+        # One write per line: the parent and the child share the pipe.
+        os.write(1, (" ".join(map(str, words)) + "\\n").encode())
+
     pool = ggopool.new_pool("fork", 2)
     pool.close()
     pid = os.fork()
@@ -670,10 +680,10 @@ FORK_CLOSED_POOL = """
             refused = "accepted"
         except ggopool.PoolClosed as exc:
             refused = str(exc)
-        print("child", pool.closed, refused, flush=True)
+        say("child", pool.closed, refused)
         os._exit(0)
     _, status = os.waitpid(pid, 0)
-    print("status", status, flush=True)
+    say("status", status)
 """
 
 

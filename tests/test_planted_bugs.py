@@ -107,6 +107,11 @@ FORK_RELEASES_PARKED = """
     from gevent.event import Event
     import ggopool
 
+
+    def say(*words):
+        # One write per line: the parent and the child share the pipe.
+        os.write(1, (" ".join(map(str, words)) + "\\n").encode())
+
     pool = ggopool.new_pool("fork", 3, ggopool.Config(idle_timeout=None))
     gates = [Event() for _ in range(3)]
     tasks = [pool.submit(lambda g=g: (g.wait(), gevent.getcurrent())[1]) for g in gates]
@@ -122,10 +127,10 @@ FORK_RELEASES_PARKED = """
             gevent.idle()
         s = pool.stats()
         fresh = pool.submit(gevent.getcurrent).get(timeout=10)
-        print("child", [w.dead for w in workers], s.workers, s.idle, fresh in workers, flush=True)
+        say("child", [w.dead for w in workers], s.workers, s.idle, fresh in workers)
         os._exit(0)
     _, status = os.waitpid(pid, 0)
-    print("parent", [w.dead for w in workers], pool.stats().idle, status, flush=True)
+    say("parent", [w.dead for w in workers], pool.stats().idle, status)
 """
 
 
