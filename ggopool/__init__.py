@@ -20,8 +20,9 @@ from ggopool._default import (
 )
 from ggopool._errors import PoolClosed, PoolFull, TaskCancelled
 from ggopool._group import TaskGroup
-from ggopool._panic import FailedTask, PanicHandler
+from ggopool._panic import FailedTask, PanicHandler, failed_task
 from ggopool._pool import Pool
+from ggopool._shutdown import drain, set_exit_drain  # importing it registers the exit drain
 from ggopool._stats import PoolStats
 from ggopool._task import Task
 
@@ -38,11 +39,14 @@ __all__ = [
     "TaskGroup",
     "ctx_go",
     "default_pool",
+    "drain",
+    "failed_task",
     "get_pool",
     "go",
     "new_pool",
     "register_pool",
     "set_cap",
+    "set_exit_drain",
     "set_panic_handler",
     "spawn",
     "worker_count",

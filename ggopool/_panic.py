@@ -47,9 +47,40 @@ class FailedTask:
         self.args = args
         self.kwargs = kwargs if kwargs is not None else {}
 
+    @property
+    def call(self) -> str:
+        """The call, short: ``fetch('bad', retries=3)``, arguments' reprs bounded."""
+        return describe_call(self.task, self.args, self.kwargs)
+
     def __repr__(self) -> str:
-        call = describe_call(self.task, self.args, self.kwargs)
-        return f"<{self.what} {call} of pool {self.pool.name!r}>"
+        return f"<{self.what} {self.call} of pool {self.pool.name!r}>"
+
+
+_failed_task: contextvars.ContextVar[FailedTask | None] = contextvars.ContextVar(
+    "ggopool.failed_task", default=None
+)
+
+
+def failed_task() -> FailedTask | None:
+    """Inside a panic handler: the failed task (its pool, callable and arguments), else None.
+
+    A handler that logs can name the call without being passed it::
+
+        def log_failure(ctx, exc):
+            failed = ggopool.failed_task()
+            logger.error("%s failed", failed.call, exc_info=exc)
+    """
+    return _failed_task.get()
+
+
+def _call_handler(
+    handler: PanicHandler, failed: FailedTask, ctx: contextvars.Context, exc: Exception
+) -> None:
+    token = _failed_task.set(failed)
+    try:
+        handler(ctx, exc)
+    finally:
+        _failed_task.reset(token)
 
 
 class _Worker:
@@ -101,7 +132,8 @@ def report_failure(
             return
         try:
             # In the task's own context, so a handler that logs sees the task's request id.
-            ctx.run(handler, ctx, exc)
+            failed = FailedTask(pool, fn, args=args, kwargs=kwargs)
+            ctx.run(_call_handler, handler, failed, ctx, exc)
         except GreenletExit:
             raise  # the worker was killed while in the handler: it ends, as in a task
         except BaseException as handler_exc:  # noqa: BLE001 - a handler must never kill its worker

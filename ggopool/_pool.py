@@ -525,8 +525,20 @@ class Pool:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Close the pool; then wait for what it holds, unless the block is being
+        interrupted.
+
+        Leaving normally or with an ``Exception``: wait until every queued task has run,
+        as ``concurrent.futures``' executors do, so an error in the block loses nothing
+        already queued. Leaving with any other ``BaseException`` (Ctrl-C's
+        KeyboardInterrupt, ``sys.exit()``, a ``gevent.Timeout``, a kill): do not wait, so
+        the interruption goes on at once. The queued tasks stay queued and run whenever
+        the hub runs; if the process is exiting, the exit drain waits for them up to its
+        deadline and logs what it abandons (see `ggopool.set_exit_drain`).
+        """
         self.close()
-        self.join()
+        if exc_type is None or issubclass(exc_type, Exception):
+            self.join()
 
     # -- counts ------------------------------------------------------------------------
 
@@ -609,36 +621,38 @@ class Pool:
                 loop.run_callback(self._start_workers, self._generation)
 
     def _start_workers(self, generation: int) -> None:
-        """Make the workers counted by `_add_worker` (runs in the hub).
+        """Make one of the workers counted by `_add_worker` (a loop callback in the hub).
 
-        A start that finds the queue empty (an earlier worker took every task, as after a
-        burst of tasks that never yield) is uncounted here and no greenlet is ever made
-        for it. Each worker made runs until it first yields, then the next is made.
+        One per turn of the loop's callbacks: the worker runs until it first yields, and
+        the next start waits its turn behind the callbacks queued meanwhile, such as the
+        wake-ups of the tasks that just yielded. A worker that finishes its task then
+        takes the next queued one, so a burst of short tasks is run by as many workers
+        as it keeps busy, not by one per task, while a burst of tasks that block still
+        gets a worker for every task, one turn each, as ``gevent.spawn`` gives each a
+        greenlet. A start that finds the queue empty (an earlier worker took every task)
+        is uncounted here, and no greenlet is ever made for it.
         """
         if generation != self._generation:
             return  # scheduled before a fork; the child's pool starts its own
-        try:
-            hub = self._hub
-            while self._to_start:
-                self._to_start -= 1
-                if not self._tasks:
-                    self._workers -= 1
-                    self._starting -= 1
-                    continue
-                # A raw greenlet whose parent is the hub: what gevent.spawn_raw makes,
-                # less its greenlet-tree bookkeeping, which long-lived workers don't need.
-                worker = Worker(work, hub)
-                worker.state = STARTING
-                self._greenlets.add(worker)
-                worker.switch(self, worker, generation)
-                if generation != self._generation:
-                    return  # a task forked, and this is the child
-        finally:
-            if generation == self._generation:
-                self._starter_scheduled = False
-                if self._to_start:
-                    self._starter_scheduled = True
-                    hub.loop.run_callback(self._start_workers, generation)
+        self._starter_scheduled = False
+        if not self._to_start:
+            return  # set_cap took the starts back
+        if not self._tasks:
+            n, self._to_start = self._to_start, 0
+            self._workers -= n
+            self._starting -= n
+            return
+        self._to_start -= 1
+        if self._to_start:
+            # Scheduled before this worker runs, so nothing it does can strand the rest.
+            self._starter_scheduled = True
+            self._hub.loop.run_callback(self._start_workers, generation)
+        # A raw greenlet whose parent is the hub: what gevent.spawn_raw makes, less its
+        # greenlet-tree bookkeeping, which long-lived workers don't need.
+        worker = Worker(work, self._hub)
+        worker.state = STARTING
+        self._greenlets.add(worker)
+        worker.switch(self, worker, generation)
 
     def _hub_was_destroyed(self) -> Any:
         """The pool's hub was destroyed (``hub.destroy()``): move to the thread's new hub.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -15,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import gevent
 from gevent.event import Event
+from greenlet import getcurrent
 from locust import events as locust_events
 from locust.env import Environment
 from locust.event import EventHook, Events
@@ -181,7 +183,15 @@ class TrackedPool:
         self._peak_workers = self._pool.worker_count()
 
     def _drain(self, timeout: float) -> bool:
-        return self._idle.wait(timeout)
+        """Wait up to ``timeout`` seconds for the counted tasks, then for anything else
+        the pool still holds (tasks queued on it directly report their failures to the
+        run too); True if both finished."""
+        started = time.monotonic()
+        if not self._idle.wait(timeout):
+            return False
+        if getcurrent() in self._pool._greenlets:
+            return True  # called from one of its own tasks: the counted ones are done
+        return self._pool.join(max(0.0, timeout - (time.monotonic() - started)))
 
     def _run(
         self, fn: Callable[..., object], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -309,9 +319,16 @@ class _Integration:
         # so that the counts, and Locust's request stats, include them.
         for tracked in self.pools.values():
             if not tracked._drain(tracked._drain_timeout):
+                left = tracked.pool.stats()
+                # They go on running; what is left at exit, ggopool's exit drain waits for
+                # (ggopool.set_exit_drain), but a failure then no longer fails the run.
                 log.warning(
-                    "ggopool pool %r: tasks still running %.1f s after the test stopped",
+                    "ggopool pool %r: %d tasks unfinished (%d queued, %d running) %.1f s "
+                    "after the test stopped",
                     tracked.name,
+                    left.pending + left.running,
+                    left.pending,
+                    left.running,
                     tracked._drain_timeout,
                 )
         local = self.local_counts()
@@ -391,8 +408,12 @@ def track(
     * Tasks queued with the returned `TrackedPool`'s ``go``/``ctx_go`` are counted
       (`PoolCounts`); the counts restart at each ``test_start``.
     * At ``test_stop`` each process that runs users waits up to ``drain_timeout`` seconds
-      for its tracked tasks to finish (the users are gone, the tasks they queued are not),
-      then logs ``ggopool pool 'assets': 120 submitted, 120 run, 0 failed, 8 peak workers``.
+      for its tracked pools to finish what they hold (the users are gone, the tasks they
+      queued are not), inside the run, so that a failure among them still fails it; then
+      logs ``ggopool pool 'assets': 120 submitted, 120 run, 0 failed, 8 peak workers``. If
+      the time runs out it logs how many tasks are unfinished; they go on running, and at
+      exit ggopool's exit drain (see ``ggopool.set_exit_drain``) waits for them as for
+      every untracked pool, but a failure then is only logged.
     * Distributed: workers add their counts to every stats report (``report_to_master``,
       key ``"ggopool"``) and send final ones when their test stops; the master keeps each
       worker's latest (``worker_report``) and, once every worker's final counts are in,

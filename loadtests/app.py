@@ -68,6 +68,9 @@ MAX_WIDGETS = 16
 MAX_BODY = 64 * 1024
 #: Seconds a dashboard waits for its widgets before it answers 504.
 GATHER_TIMEOUT = 10.0
+#: Seconds the pools get, once the server stopped, to finish their tasks (ggopool's exit
+#: drain); half of Docker's 10 s between SIGTERM and SIGKILL.
+DRAIN_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -509,12 +512,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-delay", type=float, default=defaults.work_delay)
     parser.add_argument("--audit-file", default=defaults.audit_file)
     parser.add_argument("--webhook-url", default=defaults.webhook_url)
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=float(os.environ.get("LOADTESTS_DRAIN_TIMEOUT") or DRAIN_TIMEOUT),
+        help="seconds the pools get to finish their tasks once the server stopped "
+        f"(LOADTESTS_DRAIN_TIMEOUT, default {DRAIN_TIMEOUT})",
+    )
     args = parser.parse_args(argv)
     if args.background_cap < 1 or args.fanout_cap < 1:
         parser.error(
             "--background-cap and --fanout-cap must be ints >= 1, "
             f"got {args.background_cap} and {args.fanout_cap}"
         )
+    if not args.drain_timeout >= 0:
+        parser.error(f"--drain-timeout must be seconds >= 0, got {args.drain_timeout}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     configure(
         Settings(
@@ -528,14 +540,48 @@ def main(argv: list[str] | None = None) -> int:
     # No access log: at load-test rates it would cost more than the requests.
     server = WSGIServer(listen(args.host, args.port), app, log=None)
     server.start()
-    gevent.signal_handler(signal.SIGTERM, server.stop)
-    gevent.signal_handler(signal.SIGINT, server.stop)
+    # What the pools hold when the server stops runs at exit: ggopool's exit drain waits
+    # up to this long for it, and logs what it abandons.
+    ggopool.set_exit_drain(args.drain_timeout)
+    stop = Stopper(server)
+    gevent.signal_handler(signal.SIGTERM, stop)
+    gevent.signal_handler(signal.SIGINT, stop)
     # The line tests and scripts wait for; with --port 0 it is how they learn the port.
     print(f"listening on http://{args.host}:{server.server_port} pid {os.getpid()}", flush=True)
     started = time.monotonic()
     server.serve_forever()
-    log.info("stopped after %.1f s", time.monotonic() - started)
+    log.info(
+        "stopped after %.1f s; the pools' tasks get up to %.1f s more",
+        time.monotonic() - started,
+        args.drain_timeout,
+    )
     return 0
+
+
+class Stopper:
+    """The SIGTERM and SIGINT handler of ``python -m loadtests.app``, the pattern for any
+    gevent server.
+
+    The first signal stops the server: it stops accepting, gives the requests it serves
+    up to its ``stop_timeout`` to finish, and ``serve_forever()`` returns; ``main``
+    returns, and while the interpreter exits ggopool's exit drain runs what the pools
+    still hold. (Python's default for SIGTERM would end the process at once, dropping
+    them.) A second signal raises KeyboardInterrupt in the main greenlet, as a second
+    Ctrl-C does: during the exit drain, that ends the drain at once, and what it
+    abandons is logged.
+    """
+
+    def __init__(self, server: WSGIServer) -> None:
+        self.server = server
+        self.signals = 0
+
+    def __call__(self) -> None:
+        self.signals += 1
+        if self.signals > 1:
+            # Raised in the greenlet gevent runs this handler in; the hub passes it on
+            # to the main greenlet.
+            raise KeyboardInterrupt
+        self.server.stop()
 
 
 if __name__ == "__main__":

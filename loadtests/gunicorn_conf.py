@@ -1,4 +1,5 @@
-"""gunicorn settings for the load-test app: build each worker's pools right after the fork.
+"""gunicorn settings for the load-test app: each worker's pools are built after the fork,
+and a worker that stops finishes their tasks first.
 
     gunicorn -k gevent -w 2 --preload --no-control-socket -b 127.0.0.1:8000 \\
         -c python:loadtests.gunicorn_conf loadtests.app:app
@@ -8,14 +9,34 @@ from it. Work queued at import would be copied into every worker's memory and st
 queued in the master, which never serves a request and so never runs it. ``post_fork``
 runs in the worker, after the fork: the place to make per-process pools and queue
 start-up work. (Without this hook the app makes them on its first request.)
+
+``worker_exit`` and ``worker_int`` come from `ggopool.gunicorn`: a worker that stops
+(SIGTERM, SIGQUIT, SIGINT, a reload, ``--max-requests``) closes its server, finishes its
+requests, then drains its pools for up to ``LOADTESTS_DRAIN_TIMEOUT`` seconds (unset:
+ggopool's exit drain default, 5 s) and logs what it abandons.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import ggopool
+from ggopool.gunicorn import worker_exit, worker_int
 from loadtests.app import start_worker_process
+
+__all__ = ["post_fork", "post_worker_init", "worker_exit", "worker_int"]
+
+if os.environ.get("LOADTESTS_DRAIN_TIMEOUT"):
+    ggopool.set_exit_drain(float(os.environ["LOADTESTS_DRAIN_TIMEOUT"]))
 
 
 def post_fork(server: Any, worker: Any) -> None:
     start_worker_process()
+
+
+def post_worker_init(worker: Any) -> None:
+    # From here on the worker has its own signal handlers: a stop signal the master
+    # forwards to it now is obeyed (one that came earlier met the master's handlers,
+    # copied by the fork, and was lost). Tests wait for this line before they signal.
+    worker.log.info("Worker ready (pid: %s)", worker.pid)
