@@ -20,7 +20,7 @@ from ggopool._default import (
 )
 from ggopool._errors import PoolClosed, PoolFull, TaskCancelled
 from ggopool._group import TaskGroup
-from ggopool._panic import FailedTask, PanicHandler
+from ggopool._panic import FailedTask, PanicHandler, failed_task
 from ggopool._pool import Pool
 from ggopool._shutdown import drain, set_exit_drain  # importing it registers the exit drain
 from ggopool._stats import PoolStats
@@ -41,6 +41,7 @@ __all__ = [
     "ctx_go",
     "default_pool",
     "drain",
+    "failed_task",
     "get_pool",
     "go",
     "new_pool",

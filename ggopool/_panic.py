@@ -47,9 +47,40 @@ class FailedTask:
         self.args = args
         self.kwargs = kwargs if kwargs is not None else {}
 
+    @property
+    def call(self) -> str:
+        """The call, short: ``fetch('bad', retries=3)``, arguments' reprs bounded."""
+        return describe_call(self.task, self.args, self.kwargs)
+
     def __repr__(self) -> str:
-        call = describe_call(self.task, self.args, self.kwargs)
-        return f"<{self.what} {call} of pool {self.pool.name!r}>"
+        return f"<{self.what} {self.call} of pool {self.pool.name!r}>"
+
+
+_failed_task: contextvars.ContextVar[FailedTask | None] = contextvars.ContextVar(
+    "ggopool.failed_task", default=None
+)
+
+
+def failed_task() -> FailedTask | None:
+    """Inside a panic handler: the failed task (its pool, callable and arguments), else None.
+
+    A handler that logs can name the call without being passed it::
+
+        def log_failure(ctx, exc):
+            failed = ggopool.failed_task()
+            logger.error("%s failed", failed.call, exc_info=exc)
+    """
+    return _failed_task.get()
+
+
+def _call_handler(
+    handler: PanicHandler, failed: FailedTask, ctx: contextvars.Context, exc: Exception
+) -> None:
+    token = _failed_task.set(failed)
+    try:
+        handler(ctx, exc)
+    finally:
+        _failed_task.reset(token)
 
 
 class _Worker:
@@ -101,7 +132,8 @@ def report_failure(
             return
         try:
             # In the task's own context, so a handler that logs sees the task's request id.
-            ctx.run(handler, ctx, exc)
+            failed = FailedTask(pool, fn, args=args, kwargs=kwargs)
+            ctx.run(_call_handler, handler, failed, ctx, exc)
         except GreenletExit:
             raise  # the worker was killed while in the handler: it ends, as in a task
         except BaseException as handler_exc:  # noqa: BLE001 - a handler must never kill its worker
@@ -114,7 +146,7 @@ def report_failure(
     except GreenletExit:
         raise
     except BaseException as report_exc:  # noqa: BLE001 - reporting must not end the worker
-        _last_resort(pool, exc, report_exc)
+        _last_resort(pool, "a task failed", exc, report_exc)
 
 
 def report_worker_failure(pool: Pool, exc: BaseException) -> None:
@@ -122,13 +154,13 @@ def report_worker_failure(pool: Pool, exc: BaseException) -> None:
     try:
         get_hub().handle_error(_Worker(pool), type(exc), exc, exc.__traceback__)
     except BaseException as report_exc:  # noqa: BLE001 - reporting must not raise
-        _last_resort(pool, exc, report_exc)
+        _last_resort(pool, "a worker ended between tasks", exc, report_exc)
 
 
-def _last_resort(pool: Pool, exc: BaseException, report_exc: BaseException) -> None:
+def _last_resort(pool: Pool, what: str, exc: BaseException, report_exc: BaseException) -> None:
     # Nowhere left to say it if this fails too.
     with contextlib.suppress(BaseException):
         sys.__stderr__.write(  # type: ignore[union-attr]
-            f"ggopool: pool {pool.name!r}: a task failed with {type(exc).__name__}, and "
+            f"ggopool: pool {pool.name!r}: {what} with {type(exc).__name__}, and "
             f"reporting it failed with {type(report_exc).__name__}\n"
         )

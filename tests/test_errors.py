@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import logging
 import subprocess
 import sys
 import textwrap
@@ -323,3 +324,34 @@ def test_a_system_error_in_a_submitted_task_is_reported_naming_the_task(
         ".<locals>.charge of pool 'orders'>"
     )
     assert isinstance(task.exception, SystemError)  # and the handle has it too
+
+
+def test_a_panic_handler_that_logs_names_the_call_and_the_tasks_request_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+    log = logging.getLogger("test.panic")
+
+    def log_failure(ctx: contextvars.Context, exc: Exception) -> None:
+        failed = ggopool.failed_task()
+        assert failed is not None
+        log.error("request %s: %s failed", request_id.get(), failed.call, exc_info=exc)
+
+    def fetch(url: str, retries: int = 0) -> None:
+        raise ValueError(url)
+
+    pool = ggopool.new_pool("fetch", 2)
+    pool.set_panic_handler(log_failure)
+    request_id.set("r-42")
+    pool.go(fetch, "bad", retries=3)
+    request_id.set("-")
+    with caplog.at_level(logging.ERROR, logger="test.panic"):
+        gevent.idle()
+    [record] = caplog.records
+    assert record.getMessage() == (
+        "request r-42: test_a_panic_handler_that_logs_names_the_call_and_the_tasks_request_id"
+        ".<locals>.fetch('bad', retries=3) failed"
+    )
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], ValueError)
+    assert ggopool.failed_task() is None  # only inside a handler
