@@ -262,8 +262,12 @@ def test_cancel_of_task_whose_repr_raises_makes_it_ready() -> None:
     for task in (cancelled, killed, grouped):
         assert task.cancelled()
         assert task.ready()
+    for task in (cancelled, grouped):
         with pytest.raises(TaskCancelled):
             task.get(block=False)
+    # Killed before it started: the kill's outcome, as for a gevent.Greenlet killed then.
+    assert isinstance(killed.get(block=False), GreenletExit)
+    assert killed.successful()
     with must_not_hang("TaskGroup.wait()"):
         assert group.wait() is True
     assert check_counts(pool).cancelled == 3
@@ -392,7 +396,7 @@ def test_pool_kill_racing_task_kill_ends_the_worker(idle_timeout: float | None) 
     gevent.idle()
     # task.kill() runs from the hub just before Pool.kill() throws into the workers, so
     # the pool's GreenletExit lands in the task after the task's own kill began.
-    gevent.get_hub().loop.run_callback(task.kill, False)
+    gevent.get_hub().loop.run_callback(functools.partial(task.kill, block=False))
     with must_not_hang("Pool.kill()"):
         assert pool.kill(timeout=None) is True
     assert isinstance(task.value, GreenletExit)

@@ -429,7 +429,7 @@ class PoolModel(RuleBasedStateMachine):
         assert rec.handle.cancel() is False
         if racing_pool_kill:
             # The task's kill begins just before the pool's GreenletExit lands in its worker.
-            self.hub.loop.run_callback(rec.handle.kill, False)
+            self.hub.loop.run_callback(functools.partial(rec.handle.kill, block=False))
             self._kill_pool()
         else:
             with gevent.Timeout(HANG, AssertionError("Task.kill() hung")):
