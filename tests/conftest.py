@@ -39,12 +39,13 @@ class HubErrors:
 
 
 @pytest.fixture(autouse=True)
-def hub_errors() -> Iterator[HubErrors]:
+def hub_errors(request: pytest.FixtureRequest) -> Iterator[HubErrors]:
     hub = gevent.get_hub()
     recorder = HubErrors(hub)
     # An instance attribute overrides the method, as gevent documents for applications.
     hub.handle_error = recorder.handle_error  # type: ignore[method-assign,assignment]
-    timeout = gevent.Timeout(TEST_TIMEOUT)
+    # A module whose tests are long by design (the hypothesis model) sets its own bound.
+    timeout = gevent.Timeout(getattr(request.module, "TEST_TIMEOUT", TEST_TIMEOUT))
     timeout.start()
     try:
         yield recorder

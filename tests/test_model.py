@@ -3,16 +3,24 @@ running, or was cancelled, and `Pool.stats` counts it so, after every step.
 
 The machine adds tasks (go, ctx_go, submit, try_go; from the hub when ``max_pending`` is
 set, where a full queue raises instead of waiting), changes the cap, opens gates that
-tasks wait on, kills and cancels tasks, kills, closes and joins the pool. After each step
-it lets every runnable greenlet run (``gevent.idle()``) and checks the pool against the
-model: each task's state, the counts, the cap rule of `Pool.set_cap`, the errors that
-reached the hub.
+tasks wait on, kills and cancels tasks, kills, closes and joins the pool. It also attacks
+it: tasks that fail with a deep traceback or with an exception whose repr raises, callables
+whose repr raises, ``go()`` of another task's bound methods, exceptions of several types
+thrown into workers that are parked, just woken, running a task or inside the panic
+handler, kills racing retires (``set_cap``, ``close``) and ``Pool.kill`` racing
+``Task.kill`` and ``set_cap``, and a hub whose ``handle_error`` raises.
+
+After each step it lets every runnable greenlet run (``gevent.idle()``) and checks the pool
+against the model: each task's state, the counts, the cap rule of `Pool.set_cap`, that no
+dead worker sits on the free list, that queued tasks always have a worker, and that each
+failure was reported once, where it should be.
 """
 
 from __future__ import annotations
 
 import contextvars
 import functools
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,15 +40,24 @@ from hypothesis.stateful import (
 )
 
 import ggopool
-from ggopool import Config, FailedTask, PoolClosed, PoolFull
+from ggopool import Config, PoolClosed, PoolFull
 from tests.conftest import HubErrors
 
 request_id: contextvars.ContextVar[int] = contextvars.ContextVar("model_request_id", default=-1)
 
-KINDS = ("return", "raise", "yield", "gate")
+KINDS = ("return", "raise", "yield", "gate", "raise_broken_repr")
+#: Exceptions thrown into workers: gevent.kill's default, any error, a stray Timeout.
+THROWN: dict[str, Callable[[], BaseException]] = {
+    "GreenletExit": GreenletExit,
+    "ValueError": lambda: ValueError("thrown into a worker"),
+    "Timeout": gevent.Timeout,
+}
+THROWN_NAMES = st.sampled_from(sorted(THROWN))
+#: What a task does to another task's handle when it is run as that handle's bound method.
+METHOD_OPS = ("cancel", "kill", "ready")
 GATES = 3
 
-#: Sized to run in well under the 60 s per-test timeout on a busy 2-core machine.
+#: 400 examples of up to 50 steps each, per pool kind.
 MODEL_SETTINGS = settings(
     derandomize=True,
     database=None,
@@ -51,7 +68,7 @@ MODEL_SETTINGS = settings(
 )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Rec:
     """One accepted task, as the model sees it."""
 
@@ -66,6 +83,48 @@ class Rec:
     # queued -> running -> returned | raised | killed; queued -> cancelled
     state: str = "queued"
     seen_ctx: list[int] = field(default_factory=list)
+    exc: BaseException | None = None  # what it raised (raised)
+    hold: Event | None = None  # the panic handler waits on it (raise_hold)
+    target: Rec | None = None  # whose handle it calls a method of (method)
+
+    def __repr__(self) -> str:
+        return f"<task {self.ident} {self.kind} via {self.via}: {self.state}>"
+
+
+class BrokenRepr:
+    """An argument whose repr raises, as a detached ORM row's does: the callable that
+    holds it (a functools.partial) has a repr that raises too."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr is broken")
+
+
+class BrokenReprError(Exception):
+    """A task's exception whose repr and str raise."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr is broken")
+
+    def __str__(self) -> str:
+        raise RuntimeError("str is broken")
+
+
+def recurse(n: int) -> int:
+    return recurse(n + 1) + 1
+
+
+def free_list(pool: ggopool.Pool) -> list[Any]:
+    """The greenlets of the pool's parked workers, the most recently parked last."""
+    return [getattr(worker, "greenlet", worker) for worker in pool._parked]
+
+
+#: How long a wait that hangs on a broken pool is given before the example fails.
+HANG = 5.0
+
+#: Each model test's bound (the conftest's is 60 s). Measured on 2 cores, CPython 3.11.7:
+#: about 20 s of CPU per test, 45 s under coverage, and twice that in wall-clock time when
+#: other work shares the machine.
+TEST_TIMEOUT = 240.0
 
 
 class PoolModel(RuleBasedStateMachine):
@@ -75,6 +134,10 @@ class PoolModel(RuleBasedStateMachine):
     idle_timeouts: tuple[float | None, ...] = (None,)
     max_pendings: st.SearchStrategy[int | None] = st.none()
 
+    def __repr__(self) -> str:
+        # Short: a task's callable holds the machine, and reprs of tasks are taken often.
+        return "<PoolModel>"
+
     def __init__(self) -> None:
         super().__init__()
         self.pool: ggopool.Pool | None = None
@@ -83,25 +146,39 @@ class PoolModel(RuleBasedStateMachine):
         self.rejected = 0
         self.closed = False
         self.max_pending: int | None = None
-        self.handler_seen: list[int] = []
+        self.max_idle: int | None = None
+        self.handler_seen: list[BaseException] = []
         self.use_handler = False
         # Tasks running when the cap was last set: only their workers may be above it.
         self.allowed_over_cap: set[int] = set()
         # Tasks cancelled while queued: their entries may still take room in the queue.
         self.cancelled_entries = 0
-        self.reported: list[int] = []
+        # What the hub must have been told of besides go() tasks' failures: exceptions
+        # thrown into workers outside a task, or into the panic handler.
+        self.thrown_reported: list[BaseException] = []
+        self.reported: list[BaseException] = []
+        self.hub = gevent.get_hub()
+        self.hub_raises = False  # the hub's handle_error records, then raises
+        self.in_handler: Rec | None = None
+        self.raised_by: dict[int, Rec] = {}  # id(exception) -> the task that raised it
 
     # -- the task body -----------------------------------------------------------------
 
-    def body(self, rec: Rec) -> int:
+    def started(self, rec: Rec) -> None:
         rec.starts += 1
         rec.state = "running"
         rec.worker = gevent.getcurrent()
         rec.seen_ctx.append(request_id.get())
+
+    def body(self, rec: Rec, *_: object) -> int:
+        self.started(rec)
         try:
-            if rec.kind == "raise":
-                rec.state = "raised"
+            if rec.kind in ("raise", "raise_hold"):
                 raise ValueError(f"task {rec.ident}")
+            if rec.kind == "raise_broken_repr":
+                raise BrokenReprError
+            if rec.kind == "recurse":
+                recurse(0)
             if rec.kind == "yield":
                 gevent.sleep(0)
             elif rec.kind == "gate":
@@ -109,12 +186,50 @@ class PoolModel(RuleBasedStateMachine):
         except GreenletExit:
             rec.state = "killed"
             raise
+        except BaseException as exc:
+            # Its own failure, or one thrown into its worker while it waited.
+            rec.state = "raised"
+            rec.exc = exc
+            self.raised_by[id(exc)] = rec
+            raise
+        rec.state = "returned"
+        return rec.ident
+
+    def method_body(self, rec: Rec, op: str, handle: ggopool.Task[int]) -> int:
+        # Run as a bound method of another task's handle: fn.__self__ is that Task.
+        self.started(rec)
+        target = rec.target
+        assert target is not None
+        assert handle is target.handle
+        was_queued = target.state == "queued"
+        if op == "cancel":
+            assert handle.cancel() is (target.state in ("queued", "cancelled"))
+        elif op == "kill":
+            handle.kill(block=False)  # a running target gets GreenletExit a moment later
+        else:
+            assert handle.ready() is (target.state not in ("queued", "running"))
+        if was_queued and op != "ready":
+            target.state = "cancelled"
+            self.cancelled_entries += 1
         rec.state = "returned"
         return rec.ident
 
     def on_panic(self, ctx: contextvars.Context, exc: Exception) -> None:
-        assert isinstance(exc, ValueError)
-        self.handler_seen.append(int(str(exc).split()[1]))
+        self.handler_seen.append(exc)
+        rec = self.raised_by[id(exc)]  # (a task added from the hub may not be in recs yet)
+        if rec.hold is not None and not rec.hold.is_set():
+            self.in_handler = rec
+            try:
+                rec.hold.wait()
+            finally:
+                self.in_handler = None
+
+    def handle_error(self, context: Any, type_: Any, value: Any, tb: Any) -> None:
+        """The hub's handle_error while the machine runs: the conftest's recorder, and then
+        an exception when the machine says the hub's handler is broken."""
+        self.hub_errors.handle_error(context, type_, value, tb)
+        if self.hub_raises:
+            raise OSError("handle_error is broken")
 
     # -- setup -------------------------------------------------------------------------
 
@@ -125,13 +240,18 @@ class PoolModel(RuleBasedStateMachine):
         idle_timeout = data.draw(st.sampled_from(self.idle_timeouts), "idle_timeout")
         max_pending = data.draw(self.max_pendings, "max_pending")
         self.use_handler = data.draw(st.booleans(), "use_handler")
+        extra: dict[str, Any] = {}
+        if "max_idle" in Config.__dataclass_fields__:
+            self.max_idle = data.draw(st.none() | st.integers(0, 3), "max_idle")
+            extra["max_idle"] = self.max_idle
         config = Config(
-            scale_threshold=threshold, idle_timeout=idle_timeout, max_pending=max_pending
+            scale_threshold=threshold, idle_timeout=idle_timeout, max_pending=max_pending, **extra
         )
         self.pool = ggopool.new_pool("model", cap, config)
         self.max_pending = max_pending
         if self.use_handler:
             self.pool.set_panic_handler(self.on_panic)
+        self.hub.handle_error = self.handle_error  # type: ignore[method-assign,assignment]
 
     @property
     def p(self) -> ggopool.Pool:
@@ -141,14 +261,41 @@ class PoolModel(RuleBasedStateMachine):
     def by_state(self, *states: str) -> list[Rec]:
         return [r for r in self.recs if r.state in states]
 
+    def parked(self) -> list[Any]:
+        return [] if self.pool is None else free_list(self.pool)
+
     # -- adding tasks --------------------------------------------------------------------
 
-    def _add(self, via: str, kind: str, gate: int) -> None:
+    def _add(
+        self,
+        via: str,
+        kind: str,
+        gate: int,
+        broken_repr: bool = False,
+        before: Callable[[], object] | None = None,
+        target: Rec | None = None,
+        op: str = "",
+    ) -> Rec | None:
+        """Add a task; the Rec if the pool accepted it. ``before`` runs just before, in the
+        same greenlet and the same turn (in the hub when adding from there)."""
         rec = Rec(len(self.recs), kind, via, self.gates[gate], ctx_value=1000 + len(self.recs))
         pool = self.p
-        fn = functools.partial(self.body, rec)
+        fn: Callable[[], object]
+        if kind == "method":
+            assert target is not None
+            assert target.handle is not None
+            rec.target = target
+            fn = types.MethodType(functools.partial(self.method_body, rec, op), target.handle)
+        elif broken_repr:
+            fn = functools.partial(self.body, rec, BrokenRepr())
+        else:
+            fn = functools.partial(self.body, rec)
+        if kind == "raise_hold":
+            rec.hold = Event()
 
         def add() -> None:
+            if before is not None:
+                before()
             token = request_id.set(rec.ctx_value)
             try:
                 if via == "go":
@@ -180,7 +327,11 @@ class PoolModel(RuleBasedStateMachine):
         else:
             assert outcome is None, outcome
             assert self.max_pending is None or queued_low < self.max_pending
+            if rec.handle is not None:
+                assert isinstance(repr(rec.handle), str)  # whatever the callable's repr does
             self.recs.append(rec)
+            return rec
+        return None
 
     def _call(self, fn: Callable[[], None], from_hub: bool) -> BaseException | None:
         """Run ``fn`` here or in the hub (where a full queue raises instead of waiting);
@@ -196,7 +347,7 @@ class PoolModel(RuleBasedStateMachine):
                 result.append(None)
 
         if from_hub:
-            gevent.get_hub().loop.run_callback(run)
+            self.hub.loop.run_callback(run)
             gevent.idle()
         else:
             run()
@@ -204,21 +355,51 @@ class PoolModel(RuleBasedStateMachine):
         return outcome
 
     # One rule per way in, so that adding is drawn four times as often as closing.
-    @rule(kind=st.sampled_from(KINDS), gate=st.integers(0, GATES - 1))
-    def go(self, kind: str, gate: int) -> None:
-        self._add("go", kind, gate)
+    @rule(kind=st.sampled_from(KINDS), gate=st.integers(0, GATES - 1), broken=st.booleans())
+    def go(self, kind: str, gate: int, broken: bool) -> None:
+        self._add("go", kind, gate, broken)
 
-    @rule(kind=st.sampled_from(KINDS), gate=st.integers(0, GATES - 1))
-    def ctx_go(self, kind: str, gate: int) -> None:
-        self._add("ctx_go", kind, gate)
+    @rule(kind=st.sampled_from(KINDS), gate=st.integers(0, GATES - 1), broken=st.booleans())
+    def ctx_go(self, kind: str, gate: int, broken: bool) -> None:
+        self._add("ctx_go", kind, gate, broken)
 
-    @rule(kind=st.sampled_from(KINDS), gate=st.integers(0, GATES - 1))
-    def submit(self, kind: str, gate: int) -> None:
-        self._add("submit", kind, gate)
+    @rule(kind=st.sampled_from(KINDS), gate=st.integers(0, GATES - 1), broken=st.booleans())
+    def submit(self, kind: str, gate: int, broken: bool) -> None:
+        self._add("submit", kind, gate, broken)
 
-    @rule(kind=st.sampled_from(KINDS), gate=st.integers(0, GATES - 1))
-    def try_go(self, kind: str, gate: int) -> None:
-        self._add("try_go", kind, gate)
+    @rule(kind=st.sampled_from(KINDS), gate=st.integers(0, GATES - 1), broken=st.booleans())
+    def try_go(self, kind: str, gate: int, broken: bool) -> None:
+        self._add("try_go", kind, gate, broken)
+
+    @precondition(lambda self: not any(r.kind == "recurse" for r in self.recs))
+    @rule(via=st.sampled_from(["go", "ctx_go", "try_go", "submit"]), broken=st.booleans())
+    def add_task_failing_with_a_deep_traceback(self, via: str, broken: bool) -> None:
+        # Infinite recursion: a RecursionError whose traceback is thousands of frames deep.
+        # A rule of its own, once per example: it costs more than all the other tasks
+        # together (most of it in gevent keeping a submitted task's traceback).
+        self._add(via, "recurse", 0, broken)
+
+    @precondition(lambda self: any(r.handle is not None for r in self.recs))
+    @rule(data=st.data(), op=st.sampled_from(METHOD_OPS))
+    def go_a_task_method(self, data: st.DataObject, op: str) -> None:
+        # pool.go(task.cancel) and the like: to the pool, a task like any other.
+        target = data.draw(st.sampled_from([r for r in self.recs if r.handle is not None]))
+        self._add("go", "method", 0, target=target, op=op)
+
+    @precondition(lambda self: not self.closed and any(r.handle is not None for r in self.recs))
+    @rule(data=st.data(), ops=st.lists(st.sampled_from(METHOD_OPS), min_size=1, max_size=3))
+    def kill_pool_with_task_methods_queued(self, data: st.DataObject, ops: list[str]) -> None:
+        # Pool.kill() must tell a submitted task's entry from go(task.cancel) and the like:
+        # held behind workers busy at the cap, they are plain tasks it cancels.
+        for _ in range(self.p.cap):
+            if len(self.by_state("running")) >= self.p.cap:
+                break
+            self._add("go", "gate", 0)
+            gevent.idle()
+        targets = [r for r in self.recs if r.handle is not None]
+        for op in ops:
+            self._add("go", "method", 0, target=data.draw(st.sampled_from(targets)), op=op)
+        self._kill_pool()
 
     # -- changing the pool ----------------------------------------------------------------
 
@@ -241,25 +422,20 @@ class PoolModel(RuleBasedStateMachine):
         opened.set()
 
     @precondition(lambda self: any(r.handle is not None for r in self.by_state("running")))
-    @rule(data=st.data())
-    def kill_running_task(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), racing_pool_kill=st.booleans())
+    def kill_running_task(self, data: st.DataObject, racing_pool_kill: bool) -> None:
         rec = data.draw(st.sampled_from([r for r in self.by_state("running") if r.handle]))
         assert rec.handle is not None
         assert rec.handle.cancel() is False
-        rec.handle.kill()
+        if racing_pool_kill:
+            # The task's kill begins just before the pool's GreenletExit lands in its worker.
+            self.hub.loop.run_callback(rec.handle.kill, False)
+            self._kill_pool()
+        else:
+            with gevent.Timeout(HANG, AssertionError("Task.kill() hung")):
+                rec.handle.kill()
         assert rec.state == "killed"
         assert isinstance(rec.handle.value, GreenletExit)
-
-    @precondition(lambda self: bool(self.by_state("running")))
-    @rule(data=st.data())
-    def kill_worker(self, data: st.DataObject) -> None:
-        # GreenletExit thrown into the worker running a task, as gevent.kill does: the
-        # task ends (killed), the worker ends, and another takes the queue.
-        rec = data.draw(st.sampled_from(self.by_state("running")))
-        assert rec.worker is not None
-        gevent.kill(rec.worker)
-        gevent.idle()
-        assert rec.state == "killed"
 
     @rule()
     def open_all_gates(self) -> None:
@@ -276,12 +452,25 @@ class PoolModel(RuleBasedStateMachine):
         else:
             assert rec.handle.cancel() is True
         assert rec.handle.cancelled()
+        assert rec.handle.ready()
         rec.state = "cancelled"
         self.cancelled_entries += 1
 
-    @rule()
-    def kill_pool(self) -> None:
-        assert self.p.kill(timeout=None) is True
+    @rule(racing_set_cap=st.none() | st.integers(1, 4))
+    def kill_pool(self, racing_set_cap: int | None) -> None:
+        if racing_set_cap is None:
+            self._kill_pool()
+            return
+        # set_cap runs in the hub after Pool.kill queued its throws, before they land.
+        self.hub.loop.run_callback(self.p.set_cap, racing_set_cap)
+        self._kill_pool()
+        gevent.idle()  # (a kill with no worker to wait for returns before set_cap ran)
+        assert self.p.cap == racing_set_cap
+        self.allowed_over_cap = set()
+
+    def _kill_pool(self) -> None:
+        with gevent.Timeout(HANG, AssertionError("Pool.kill() hung")):
+            assert self.p.kill(timeout=None) is True
         for rec in self.by_state("queued"):
             rec.state = "cancelled"
         self.cancelled_entries = 0
@@ -297,8 +486,95 @@ class PoolModel(RuleBasedStateMachine):
     @rule()
     def join(self) -> None:
         self.open_all_gates()
-        assert self.p.join() is True
+        with gevent.Timeout(HANG, AssertionError("join() hung")):
+            assert self.p.join() is True
         assert not self.by_state("queued", "running")
+
+    @rule()
+    def toggle_hub_raises(self) -> None:
+        # An application's handle_error that raises (or a report to a broken stderr).
+        self.hub_raises = not self.hub_raises
+
+    # -- exceptions thrown into workers, and kills racing each other -------------------------
+
+    def _throw(self, worker: Any, thrown: str) -> BaseException:
+        """Queue ``thrown`` into ``worker`` as gevent.kill does; an error other than
+        GreenletExit that ends a worker outside a task is reported through the hub."""
+        exc = THROWN[thrown]()
+        if not isinstance(exc, GreenletExit):
+            self.thrown_reported.append(exc)
+        gevent.kill(worker, exc)
+        return exc
+
+    @precondition(lambda self: bool(self.parked()))
+    @rule(
+        data=st.data(),
+        thrown=THROWN_NAMES,
+        then=st.sampled_from(["nothing", "go", "set_cap", "close", "kill"]),
+    )
+    def throw_into_parked_workers(self, data: st.DataObject, thrown: str, then: str) -> None:
+        # The exceptions are queued, as gevent.kill queues them. Then, before they land:
+        # nothing (they hit parked workers); a go() that wakes the most recently parked
+        # (it is hit just woken); a retire (set_cap, close) or Pool.kill that takes them
+        # off the free list and uncounts them.
+        parked = self.parked()
+        if then == "go":
+            victims = parked[-1:]  # the one go() wakes
+        else:
+            victims = data.draw(st.lists(st.sampled_from(parked), min_size=1, unique=True))
+
+        def throw() -> None:
+            for worker in victims:
+                self._throw(worker, thrown)
+
+        if then == "go" and not self.closed:
+            kind = data.draw(st.sampled_from(KINDS))
+            self._add("go", kind, data.draw(st.integers(0, GATES - 1)), before=throw)
+        else:
+            throw()
+            if then == "kill":
+                self._kill_pool()
+            elif then == "close" and len(self.recs) >= 6:
+                self.close()
+            elif then == "set_cap":
+                self.set_cap(data.draw(st.integers(1, 4)))
+        gevent.idle()
+        assert all(worker.dead for worker in victims)
+
+    @precondition(lambda self: bool(self.by_state("running")))
+    @rule(data=st.data(), thrown=THROWN_NAMES)
+    def throw_into_running_worker(self, data: st.DataObject, thrown: str) -> None:
+        # GreenletExit ends the task (killed) and its worker, and another takes the queue;
+        # any other exception is the task's failure, and the worker goes on.
+        rec = data.draw(st.sampled_from(self.by_state("running")))
+        assert rec.worker is not None
+        exc = THROWN[thrown]()
+        gevent.kill(rec.worker, exc)
+        gevent.idle()
+        if isinstance(exc, GreenletExit):
+            assert rec.state == "killed"
+        else:
+            assert rec.state == "raised"
+            assert rec.exc is exc
+
+    @precondition(lambda self: self.use_handler and not self.closed)
+    @rule(thrown=THROWN_NAMES)
+    def throw_into_worker_in_panic_handler(self, thrown: str) -> None:
+        rec = self._add("go", "raise_hold", 0)
+        gevent.idle()
+        if rec is None:
+            return
+        assert rec.hold is not None
+        if self.in_handler is rec:
+            # GreenletExit ends the worker; any other exception is the handler's failure,
+            # reported through the hub, and the worker goes on.
+            exc = THROWN[thrown]()
+            if not isinstance(exc, GreenletExit):
+                self.thrown_reported.append(exc)
+            gevent.kill(rec.worker, exc)
+            gevent.idle()
+            assert self.in_handler is None
+        rec.hold.set()  # if it is still queued, its handler will not wait
 
     # -- after every step ---------------------------------------------------------------
 
@@ -327,23 +603,31 @@ class PoolModel(RuleBasedStateMachine):
             n["cancelled"],
             n["running"],
             n["queued"],
-        )
+        ), s
         assert s.submitted == s.completed + s.failed + s.cancelled + s.running + s.pending
         assert s.rejected == self.rejected
         assert pool.task_count() == n["queued"]
         assert s.workers == pool.worker_count()
+        assert pool.worker_count() >= 0, s
+        # The free list holds live parked workers only: none that died or was retired.
+        parked = free_list(pool)
+        assert len(parked) == s.idle, (parked, s)
+        assert not [worker for worker in parked if worker.dead], parked
+        if self.max_idle is not None:
+            assert s.idle <= self.max_idle, s
         # Every awake worker is inside a task: none was left woken and not running.
-        assert s.workers - s.idle == n["running"]
+        assert s.workers - s.idle == n["running"], s
         # set_cap: parked workers above the cap exit at once; running ones after their
         # current task. So only workers running a task since the cap was set are above it.
         still_allowed = {r.ident for r in self.by_state("running")} & self.allowed_over_cap
+        assert n["running"] <= s.cap + len(still_allowed), (s, still_allowed)
         assert s.workers <= s.cap + len(still_allowed), (s, still_allowed)
         if s.workers > s.cap:
             assert s.idle == 0, s
         if self.closed or pool.config.idle_timeout == 0:
             assert s.idle == 0, s  # such workers never park
         if n["queued"]:
-            assert n["running"] > 0, s  # queued tasks are never left without a worker
+            assert n["running"] > 0, s  # liveness: queued tasks never wait without a worker
         self.check_failures()
 
     def check_handle(self, rec: Rec, task: ggopool.Task[int]) -> None:
@@ -355,33 +639,41 @@ class PoolModel(RuleBasedStateMachine):
         elif rec.state == "returned":
             assert task.get(block=False) == rec.ident
         elif rec.state == "raised":
-            assert isinstance(task.exception, ValueError)
+            assert task.ready()
+            assert task.exception is rec.exc
         else:
             assert isinstance(task.value, GreenletExit)
 
     def check_failures(self) -> None:
-        # A go/ctx_go/try_go task that raised goes to the panic handler, or to the hub;
-        # a submitted one only to whoever calls get().
-        expected = sorted(r.ident for r in self.by_state("raised") if r.handle is None)
-        reported: list[int] = []
+        # A go/ctx_go/try_go task's Exception goes to the panic handler, if there is one;
+        # its other failures to the hub, once each; a submitted one's only to get().
+        # Each report names the pool, and formatting it never raises.
         for context, type_, value in self.hub_errors.take():
-            assert not self.use_handler, value
-            assert isinstance(context, FailedTask)
-            assert context.pool is self.pool
-            assert type_ is ValueError
-            reported.append(int(str(value).split()[1]))
-        self.reported += reported
-        seen = self.handler_seen if self.use_handler else self.reported
-        assert sorted(seen) == expected
+            assert "'model'" in repr(context), (context, type_, value)
+            assert getattr(context, "pool", self.pool) is self.pool, context
+            assert type_ is type(value), (context, type_, value)
+            self.reported.append(value)
+        failures = [r.exc for r in self.by_state("raised") if r.handle is None]
+        handled = [e for e in failures if self.use_handler and isinstance(e, Exception)]
+        to_hub = [e for e in failures if e not in handled] + self.thrown_reported
+        assert sorted(map(id, self.handler_seen)) == sorted(map(id, handled))
+        assert sorted(map(id, self.reported)) == sorted(map(id, to_hub)), (self.reported, to_hub)
 
     def teardown(self) -> None:
-        if self.pool is not None:
-            for gate in self.gates:
-                gate.set()
-            self.pool.kill(timeout=None)
-            gevent.idle()
-        # What an example that failed midway left behind is not the next example's.
-        self.hub_errors.take()
+        try:
+            if self.pool is not None:
+                for gate in self.gates:
+                    gate.set()
+                for rec in self.recs:
+                    if rec.hold is not None:
+                        rec.hold.set()
+                self.hub_raises = False
+                self.pool.kill(timeout=None)
+                gevent.idle()
+        finally:
+            self.hub.handle_error = self.hub_errors.handle_error  # type: ignore[method-assign,assignment]
+            # What an example that failed midway left behind is not the next example's.
+            self.hub_errors.take()
 
 
 def run_model(
