@@ -146,7 +146,7 @@ def report_failure(
     except GreenletExit:
         raise
     except BaseException as report_exc:  # noqa: BLE001 - reporting must not end the worker
-        _last_resort(pool, exc, report_exc)
+        _last_resort(pool, "a task failed", exc, report_exc)
 
 
 def report_worker_failure(pool: Pool, exc: BaseException) -> None:
@@ -154,13 +154,13 @@ def report_worker_failure(pool: Pool, exc: BaseException) -> None:
     try:
         get_hub().handle_error(_Worker(pool), type(exc), exc, exc.__traceback__)
     except BaseException as report_exc:  # noqa: BLE001 - reporting must not raise
-        _last_resort(pool, exc, report_exc)
+        _last_resort(pool, "a worker ended between tasks", exc, report_exc)
 
 
-def _last_resort(pool: Pool, exc: BaseException, report_exc: BaseException) -> None:
+def _last_resort(pool: Pool, what: str, exc: BaseException, report_exc: BaseException) -> None:
     # Nowhere left to say it if this fails too.
     with contextlib.suppress(BaseException):
         sys.__stderr__.write(  # type: ignore[union-attr]
-            f"ggopool: pool {pool.name!r}: a task failed with {type(exc).__name__}, and "
+            f"ggopool: pool {pool.name!r}: {what} with {type(exc).__name__}, and "
             f"reporting it failed with {type(report_exc).__name__}\n"
         )
