@@ -1,4 +1,4 @@
-"""ggopool: ByteDance's gopool for gevent.
+"""ggopool: a port of ByteDance's gopool to gevent.
 
 Reuse worker greenlets instead of spawning one per task: ``ggopool.go(fn)`` where an
 application now writes ``gevent.spawn(fn)``.
@@ -16,6 +16,7 @@ from ggopool._default import (
     set_cap,
     set_panic_handler,
     spawn,
+    spawn_later,
     worker_count,
 )
 from ggopool._errors import PoolClosed, PoolFull, TaskCancelled
@@ -25,6 +26,7 @@ from ggopool._pool import Pool
 from ggopool._shutdown import drain, set_exit_drain  # importing it registers the exit drain
 from ggopool._stats import PoolStats
 from ggopool._task import Task
+from ggopool._version import __version__ as __version__
 
 __all__ = [
     "Config",
@@ -49,5 +51,6 @@ __all__ = [
     "set_exit_drain",
     "set_panic_handler",
     "spawn",
+    "spawn_later",
     "worker_count",
 ]

@@ -69,6 +69,12 @@ class Config:
       ``try_go`` never waits. Without a bound, each queued task costs memory until it
       runs.
 
+    * ``spawn_waits_when_full`` (bool, default False): ``spawn`` (and ``map``, ``imap``,
+      ``add``...) wait while the pool already holds ``cap`` spawned tasks, queued or
+      running, as ``gevent.pool.Pool.spawn`` does; from the hub, where nothing can
+      wait, it raises `PoolFull`. With False, ``spawn`` never waits: its task is queued
+      like any other. ``go`` and ``submit`` never wait for this (see the migration guide).
+
     A Config is validated when it is built and is immutable, so it can be shared between
     pools.
     """
@@ -77,6 +83,7 @@ class Config:
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
     max_pending: int | None = None
     max_idle: int | None = None
+    spawn_waits_when_full: bool = False
 
     def __post_init__(self) -> None:
         check_int_at_least("scale_threshold", self.scale_threshold, 1)
@@ -84,6 +91,10 @@ class Config:
             check_int_at_least("max_idle", self.max_idle, 0)
         if self.max_pending is not None:
             check_int_at_least("max_pending", self.max_pending, 1)
+        if not isinstance(self.spawn_waits_when_full, bool):
+            raise TypeError(
+                f"spawn_waits_when_full must be a bool, got {self.spawn_waits_when_full!r}"
+            )
         timeout = self.idle_timeout
         if timeout is None:
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import math
 import sys
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
@@ -92,6 +93,28 @@ def get_pool(name: str) -> Pool | None:
 
 
 def spawn(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]:
-    """`Pool.submit` on the default pool: ``gevent.spawn`` -> ``ggopool.spawn`` for code that
-    joins tasks or reads their results (``gevent.joinall`` accepts the returned tasks)."""
-    return _default_pool.submit(fn, *args, **kwargs)
+    """`Pool.spawn` on the default pool: ``gevent.spawn(fn)`` -> ``ggopool.spawn(fn)``.
+
+    The `Task` it returns works as the greenlet did (``get``, ``join``, ``link``, ``kill``,
+    ``gevent.joinall``...), and a failure is reported through the hub as gevent reports a
+    greenlet's (or to the default pool's panic handler, if one is set).
+    """
+    return _default_pool.spawn(fn, *args, **kwargs)
+
+
+def spawn_later(
+    seconds: float, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+) -> Task[T]:
+    """``gevent.spawn_later``: `spawn` ``fn(*args, **kwargs)`` on the default pool in
+    ``seconds`` (a finite number >= 0). Until then the task is waiting: killing or
+    cancelling it stops it from ever being queued."""
+    if type(seconds) is bool or not isinstance(seconds, (int, float)):
+        raise TypeError(f"seconds must be a finite number >= 0, got {seconds!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {fn!r}")
+    task: Task[T] = Task(_default_pool, fn, args, kwargs, contextvars.copy_context())
+    task._spawned = True
+    task._queue_later(seconds)
+    return task

@@ -12,7 +12,7 @@ from gevent import get_hub
 from greenlet import GreenletExit
 
 from ggopool._describe import describe_call
-from ggopool._task import is_task_runner
+from ggopool._task import Task, is_task_runner
 
 if TYPE_CHECKING:
     from ggopool._pool import Pool
@@ -121,18 +121,20 @@ def report_failure(
     try:
         hub = get_hub()
         handler = pool._panic_handler
+        spawned = None  # a spawned Task: the hub gets it as context, as gevent a greenlet
+        if is_task_runner(fn, pool):
+            # Name the callable the caller submitted and its arguments, not the runner.
+            handle = fn.__self__  # type: ignore[attr-defined]
+            spawned = handle if handle._spawned else None
+            fn, args, kwargs = handle._fn, args[0], args[1]
+        failed = FailedTask(pool, fn, args=args, kwargs=kwargs)
         if handler is None or not isinstance(exc, Exception) or isinstance(exc, hub.SYSTEM_ERROR):
-            # A submitted task reaches here only with a system error; name the callable
-            # the caller submitted and its arguments, not the handle's runner.
-            handle = getattr(fn, "__self__", None)
-            if is_task_runner(fn, pool):
-                fn, args, kwargs = handle._fn, args[0], args[1]  # type: ignore[union-attr]
-            context = FailedTask(pool, fn, args=args, kwargs=kwargs)
+            # (A submitted task that is not spawned reaches here only with a system error.)
+            context = failed if spawned is None else spawned
             hub.handle_error(context, type(exc), exc, exc.__traceback__)
             return
         try:
             # In the task's own context, so a handler that logs sees the task's request id.
-            failed = FailedTask(pool, fn, args=args, kwargs=kwargs)
             ctx.run(_call_handler, handler, failed, ctx, exc)
         except GreenletExit:
             raise  # the worker was killed while in the handler: it ends, as in a task
@@ -147,6 +149,20 @@ def report_failure(
         raise
     except BaseException as report_exc:  # noqa: BLE001 - reporting must not end the worker
         _last_resort(pool, "a task failed", exc, report_exc)
+
+
+def report_task_failure(
+    task: Task[Any],
+    ctx: contextvars.Context | None,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    exc: BaseException,
+) -> None:
+    """A spawned task killed before it ran, with an exception that is not a GreenletExit:
+    report it as if it had raised that (gevent reports a greenlet killed so). Never raises."""
+    if ctx is None:
+        ctx = contextvars.Context()
+    report_failure(task._pool, ctx, task._run, (args, kwargs), {}, exc)
 
 
 def report_worker_failure(pool: Pool, exc: BaseException) -> None:

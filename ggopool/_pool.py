@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextvars
 import itertools
 import sys
+import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -15,17 +16,17 @@ from gevent import Timeout, get_hub, spawn_raw
 from gevent.event import Event
 from gevent.lock import Semaphore
 from gevent.monkey import get_original
-from gevent.queue import SimpleQueue
 from greenlet import GreenletExit, getcurrent
 from greenlet import greenlet as Greenlet
 
 from ggopool._config import Config, check_int_at_least, check_timeout
 from ggopool._entry import NO_KWARGS, SLOTS, Entry
 from ggopool._errors import PoolClosed, PoolFull
+from ggopool._gevent_pool import GeventPoolMixin
 from ggopool._panic import PanicHandler
 from ggopool._stats import Counts, PoolStats
-from ggopool._task import Task, is_task_runner
-from ggopool._worker import GONE, PARKED, RETIRE, STARTING, WAKING, WORK, Worker, work
+from ggopool._task import Task, as_exception, is_task_runner
+from ggopool._worker import GONE, PARKED, RETIRE, RUNNING, STARTING, WAKING, WORK, Worker, work
 
 if TYPE_CHECKING:
     from ggopool._group import TaskGroup
@@ -49,6 +50,13 @@ def _throw_exit(worker: Greenlet) -> None:
         worker.throw(GreenletExit)
 
 
+def _throw_into_task(worker: Worker, exception: object) -> None:
+    # Pool.kill(exception=...): only into a worker inside a task (one that parked since
+    # gets the GreenletExit that follows, as the others do).
+    if not worker.dead and worker.state is RUNNING:
+        worker.throw(as_exception(exception))
+
+
 def _no_max_idle(max_idle: int | None) -> int:
     return sys.maxsize if max_idle is None else max_idle
 
@@ -57,7 +65,7 @@ def check_cap(cap: object) -> int:
     return check_int_at_least("cap", cap, 1)
 
 
-class Pool:
+class Pool(GeventPoolMixin):
     """A pool of reusable worker greenlets that run queued tasks, at most ``cap`` at once.
 
     Where an application writes ``gevent.spawn(fn, x)`` it writes ``pool.go(fn, x)``::
@@ -160,6 +168,7 @@ class Pool:
         self._exited: Event | None = None  # set when a worker ends (kill)
         self._submitted = 0
         self._counts = Counts()
+        self._reset_members()
         self._generation = getattr(self, "_generation", 0) + 1
 
     def _after_fork_in_child(self) -> None:
@@ -231,6 +240,7 @@ class Pool:
             while queued and self._should_add_worker():
                 self._add_worker()
                 queued -= 1
+        self._check_room()  # spawn() may wait for room, and a higher cap made some
 
     def set_panic_handler(self, handler: PanicHandler | None) -> None:
         """Send the ``Exception``s of this pool's ``go()`` tasks to ``handler(ctx, exc)``.
@@ -317,8 +327,9 @@ class Pool:
         """
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        task: Task[T] = Task(self, fn)
-        self._queue((contextvars.copy_context(), task._run, (args, kwargs), NO_KWARGS))
+        ctx = contextvars.copy_context()
+        task: Task[T] = Task(self, fn, args, kwargs, ctx)
+        self._queue((ctx, task._run, (args, kwargs), NO_KWARGS))
         return task
 
     def _queue(self, task: Entry) -> None:
@@ -402,28 +413,6 @@ class Pool:
 
     # -- many tasks at once ------------------------------------------------------------
 
-    def map(self, fn: Callable[[Any], T], iterable: Iterable[Any]) -> list[T]:
-        """``[fn(x) for x in iterable]``, run on the pool; results in input order.
-
-        All the tasks run to the end; then the first exception, in input order, is
-        raised.
-        """
-        tasks = [self.submit(fn, item) for item in iterable]
-        for task in tasks:
-            task.join()
-        return [task.get() for task in tasks]
-
-    def imap_unordered(self, fn: Callable[[Any], T], iterable: Iterable[Any]) -> Iterator[T]:
-        """Yield ``fn(x)`` for each ``x`` as each finishes; an exception is raised when
-        its task is reached, and the tasks not yet yielded go on running."""
-        done: SimpleQueue[Task[T]] = SimpleQueue()
-        count = 0
-        for item in iterable:
-            self.submit(fn, item)._add_hook(done.put)
-            count += 1
-        for _ in range(count):
-            yield done.get().get()
-
     def group(self, cancel_on_error: bool = False) -> TaskGroup:
         """An errgroup-like fan-out on this pool; see `TaskGroup`."""
         from ggopool._group import TaskGroup
@@ -432,22 +421,33 @@ class Pool:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def join(self, timeout: float | None = None) -> bool:
+    def join(self, timeout: float | None = None, raise_error: bool = False) -> bool:
         """Wait until nothing is queued or running; False if ``timeout`` passed first.
 
+        With ``raise_error``, then raise the exception of one of the pool's members at the
+        time of the call (see `spawn`) that failed, as gevent's ``join`` does.
         Called from one of the pool's own tasks it would wait for itself: RuntimeError.
         """
         timeout = check_timeout(timeout)
+        members = list(self._members) if raise_error else []
+        started = time.monotonic()
         if self._is_quiet():
-            return True
-        if getcurrent() in self._greenlets:
+            quiet = True
+        elif getcurrent() in self._greenlets:
             raise RuntimeError(
                 f"cannot join pool {self._name!r} from one of its own tasks: "
                 "it would wait for itself"
             )
-        if self._quiet is None:
-            self._quiet = Event()
-        return bool(self._quiet.wait(timeout))
+        else:
+            if self._quiet is None:
+                self._quiet = Event()
+            quiet = bool(self._quiet.wait(timeout))
+        if quiet:
+            # And the members `add` gave it, as gevent's join waits for its greenlets.
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            quiet = self._join_added_members(left)
+        self._raise_member_error(members)
+        return quiet
 
     def close(self) -> None:
         """Accept no new tasks; what is queued still runs. ``go``/``submit`` raise
@@ -462,13 +462,27 @@ class Pool:
             for _ in range(self._blocked):
                 self._slots.release()  # each waiter wakes, gives it back, raises PoolClosed
 
-    def kill(self, timeout: float | None = None) -> bool:
-        """Cancel every queued task and kill every worker (running ones get
-        ``GreenletExit`` inside their task). The pool stays open and usable.
+    def kill(
+        self,
+        timeout: float | None = None,
+        *,
+        exception: object = GreenletExit,
+        block: bool = True,
+    ) -> bool:
+        """Kill every queued task and every worker. The pool stays open and usable.
 
-        Waits up to ``timeout`` seconds for the workers to end; True if they all did.
+        Queued tasks never run; a handle's outcome is ``exception``, as for a greenlet
+        killed before it started (the default ``GreenletExit`` is its value). Running
+        tasks get ``exception`` raised inside them, then their workers end. Members added
+        with `add` are killed with it too, as gevent's ``Pool.kill`` kills its greenlets.
+
+        With ``block``, waits up to ``timeout`` seconds for the workers (and the added
+        members) to end; True if they all did. ``timeout`` comes first, for the callers
+        of ``kill(timeout)``; ``exception`` and ``block`` are keywords.
         """
         timeout = check_timeout(timeout)
+        if not isinstance(block, bool):
+            raise TypeError(f"block must be a bool, got {block!r}")
         counts = self._counts
         tasks = self._tasks
         # Queued entries: those cancelled before are counted as cancelled already and
@@ -479,7 +493,7 @@ class Pool:
                 if fn.__self__.cancelled():
                     already += 1
                 else:
-                    fn.__self__._mark_cancelled()
+                    fn.__self__._mark_killed(exception)
         newly = len(tasks) // SLOTS - already
         counts.cancelled_queued -= already
         counts.dropped += newly + already
@@ -498,23 +512,38 @@ class Pool:
         self._awaiting.clear()
         for _, fn, _, _ in handed:
             if is_task_runner(fn, self):
-                fn.__self__._mark_cancelled()  # type: ignore[attr-defined]
+                fn.__self__._mark_killed(exception)  # type: ignore[attr-defined]
         self._submitted += len(handed)
         counts.dropped += len(handed)
         counts.cancelled += newly + len(handed)
         greenlets = list(self._greenlets)
+        into_tasks = None if exception is GreenletExit else exception
         for worker in greenlets:
             # Scheduled after the callbacks that start new workers, so each has started.
+            if into_tasks is not None:
+                self._hub.loop.run_callback(_throw_into_task, worker, into_tasks)
             self._hub.loop.run_callback(_throw_exit, worker)
-        if getcurrent() in self._greenlets:
+        added = self._kill_added_members(exception)
+        current = getcurrent()
+        if current in self._greenlets:
+            if into_tasks is not None:
+                raise as_exception(into_tasks)  # the calling task ends with it, then its worker
             raise GreenletExit  # killed from one of its own tasks: this worker ends too
+        if not block:
+            return not any(worker in self._greenlets for worker in greenlets)
         # False: the Timeout ends the block quietly, as gevent documents (the stubs omit it).
         with Timeout(timeout, False):  # type: ignore[arg-type]
             while any(worker in self._greenlets for worker in greenlets):
                 if self._exited is None:
                     self._exited = Event()
                 self._exited.wait()
-        return not any(worker in self._greenlets for worker in greenlets)
+            for member in added:
+                join = getattr(member, "join", None)  # not a raw greenlet's
+                if join is not None:
+                    join()
+        return not any(worker in self._greenlets for worker in greenlets) and all(
+            getattr(member, "dead", True) for member in added
+        )
 
     def __enter__(self) -> Pool:
         return self

@@ -1,89 +1,198 @@
-"""The handle of a submitted task: gevent's AsyncResult and concurrent.futures' Future in one."""
+"""The handle of a submitted or spawned task: what a ``gevent.Greenlet`` offers those who
+wait for it, kill it or link to it, and concurrent.futures' Future in one."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import sys
 from collections.abc import Callable
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from gevent import get_hub
-from gevent.event import AsyncResult
+from gevent import Timeout, get_hub
+from gevent.exceptions import InvalidSwitchError
 from greenlet import GreenletExit, getcurrent
-from greenlet import greenlet as Greenlet
+from greenlet import greenlet as RawGreenlet
 
 from ggopool._config import check_timeout
-from ggopool._describe import callable_name
+from ggopool._describe import describe_call
 from ggopool._errors import TaskCancelled
 
 if TYPE_CHECKING:
+    from gevent._types import _Loop
+
     from ggopool._pool import Pool
 
-T = TypeVar("T")
+    # gevent's stubs type joinall, killall and iwait over greenlets, so for a type checker
+    # a Task is one (gevent itself needs only what Task defines below). At run time it is
+    # not: a task runs on a worker greenlet and has no switch(), parent or gr_frame.
+    _TaskBase = RawGreenlet
+else:
 
-_PENDING, _RUNNING, _DONE, _CANCELLED = "pending", "running", "done", "cancelled"
+    class _TaskBase:
+        __slots__ = ()
 
 
-class Task(Generic[T]):
-    """A task queued with `Pool.submit` (or `ggopool.spawn`): wait for it, read its result,
-    cancel it or kill it.
+#: Covariant: a Task[int] is a Task[object], so tasks of different results go in one list
+#: (``gevent.joinall([a, b])`` type-checks).
+T = TypeVar("T", covariant=True)
+
+#: A task's states: waiting for its time (``spawn_later``), queued, running, done (its
+#: outcome set), cancelled (stopped before it ran).
+_LATER, _PENDING, _RUNNING, _DONE, _CANCELLED = "later", "pending", "running", "done", "cancelled"
+
+
+def _check_wait_timeout(timeout: object) -> float | Timeout | None:
+    if isinstance(timeout, Timeout):
+        return timeout  # started by the wait, raised when it expires: gevent's meaning
+    return check_timeout(timeout)
+
+
+def as_exception(exception: object) -> BaseException:
+    """What ``kill(exception)`` raises: gevent's reading of its argument (a class, an
+    instance, a ``(type, value, tb)`` triple, or anything else wrapped in a BaseException)."""
+    if isinstance(exception, tuple) and len(exception) == 3:
+        exception = exception[1] if exception[1] is not None else exception[0]
+    if isinstance(exception, type) and issubclass(exception, BaseException):
+        return exception()
+    if isinstance(exception, BaseException):
+        return exception
+    return BaseException(exception)
+
+
+class _Spawned:
+    """A `Task.link` callback: called in a greenlet of its own (gevent's SpawnedLink),
+    if the task's outcome is the one it waits for. Equal to its callback, so that
+    ``unlink(callback)`` finds it."""
+
+    __slots__ = ("callback", "when")
+
+    def __init__(self, callback: Callable[[Any], object], when: str) -> None:
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r}")
+        self.callback = callback
+        self.when = when  # "done", "value" or "exception"
+
+    def __call__(self, task: Task[Any]) -> None:
+        when = self.when
+        if when == "done" or (when == "value") == task.successful():
+            RawGreenlet(self.callback, get_hub()).switch(task)
+
+    def __eq__(self, other: object) -> bool:
+        return bool(self.callback == getattr(other, "callback", other))
+
+    def __hash__(self) -> int:
+        return hash(self.callback)
+
+    def __repr__(self) -> str:
+        return repr(self.callback)
+
+
+class Task(_TaskBase, Generic[T]):
+    """A task queued with `Pool.spawn`, `Pool.submit` (or `ggopool.spawn`): wait for it,
+    read its result, link to it, cancel it or kill it, as a ``gevent.Greenlet``.
 
     Example::
 
-        task = pool.submit(fetch, url)
-        body = task.get(timeout=5)        # or task.result(5), as with a Future
+        task = ggopool.spawn(fetch, url)     # gevent.spawn(fetch, url)
+        body = task.get(timeout=5)            # or gevent.joinall([task]); task.value
 
     Rules:
 
+    * A task is queued when it is made; it is never an unstarted greenlet (``start()``
+      does nothing, as on a started greenlet).
     * ``get(block=True, timeout=None)`` returns the task's return value or raises its
-      exception (with its traceback); on timeout it raises ``gevent.Timeout``, as
-      ``AsyncResult.get`` does. The exception goes to the caller of ``get``, not to the
-      pool's panic handler.
-    * ``wait(timeout=None)`` and ``join(timeout=None)`` never raise the task's exception;
-      ``wait`` returns the value (None if not ready), like ``AsyncResult.wait``.
-    * ``cancel()`` succeeds (True) only while the task is queued: it will never run, and
-      ``get()`` raises `TaskCancelled` (a ``concurrent.futures.CancelledError``).
-    * ``kill(block=True, timeout=None)``: a queued task is cancelled; a running one gets
-      ``GreenletExit`` raised inside it, its value becomes that ``GreenletExit`` (as for a
-      killed ``gevent.Greenlet``) and the worker goes on with the next task.
-    * ``rawlink``/``unlink`` make a task usable with ``gevent.wait`` and
-      ``gevent.joinall``.
-    * Threads: a task belongs to its pool's thread, like the ``AsyncResult`` it wraps;
-      wait on it, cancel it and kill it from there. A thread that hands work to a pool
-      and needs the result back should use a thread-safe queue.
+      exception (with its traceback); on timeout it raises ``gevent.Timeout``. ``join``
+      and ``wait`` never raise the task's exception. ``timeout`` is seconds, None, or a
+      ``gevent.Timeout`` (started by the wait and raised when it expires), as gevent's.
+    * A task is true while queued or running, and ``dead`` once it finished, failed,
+      was killed or was cancelled, as a greenlet is.
+    * Failures: a `Pool.spawn` task (and ``ggopool.spawn``'s) that raises is reported as
+      gevent reports a greenlet's: to the pool's panic handler if one is set, else
+      through ``hub.handle_error`` with the task as context; ``get()`` raises it as well.
+      A `Pool.submit` task's exception goes only to whoever reads it, as a Future's.
+    * ``kill(exception=GreenletExit, block=True, timeout=None)``: a queued task never
+      runs and its outcome is ``exception``, as for a greenlet killed before it started
+      (the default ``GreenletExit`` becomes its value, so ``successful()`` is True); a
+      running one gets ``exception`` raised inside it, and its worker goes on with the
+      next task.
+    * ``cancel()`` (a Future's): a queued task never runs, and ``get()`` raises
+      `TaskCancelled`. ``cancelled()`` is True for a task stopped before it ran by either.
+    * ``link``/``link_value``/``link_exception`` call ``callback(task)`` in a greenlet of
+      its own once the task is done; ``rawlink`` calls it in the hub. Both also apply to
+      a task already done.
+    * Threads: a task belongs to its pool's thread; wait on it, link to it and kill it
+      from there. A thread that hands work to a pool and needs the result back should
+      use a thread-safe queue.
     """
 
     __slots__ = (
         "__weakref__",
+        "_args",
+        "_ctx",
+        "_exc",
         "_fn",
         "_greenlet",
         "_hooks",
+        "_ident",
         "_kill_exc",
+        "_kwargs",
+        "_later",
         "_links",
+        "_name",
+        "_notifier",
         "_pool",
-        "_result",
+        "_spawned",
         "_state",
+        "_tb",
+        "_value",
     )
 
-    def __init__(self, pool: Pool, fn: Callable[..., T]) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        fn: Callable[..., T],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        ctx: contextvars.Context | None = None,
+    ) -> None:
         self._pool = pool
         self._fn = fn
-        # Any: a killed task's value is its GreenletExit, as for a killed gevent.Greenlet.
-        self._result: AsyncResult[Any] = AsyncResult()
+        self._args = args
+        self._kwargs = kwargs if kwargs is not None else {}
+        # The context it runs in: a report of a kill before it ran runs the panic handler
+        # there too. Dropped once the task is done.
+        self._ctx = ctx
         self._state = _PENDING
-        self._greenlet: Greenlet | None = None
-        # The GreenletExit that kill() throws: only that one instance ends the task and
+        # The outcome, once done: a value (a GreenletExit for a killed task, as gevent
+        # gives), or an exception and the traceback it was raised with.
+        self._value: Any = None
+        self._exc: BaseException | None = None
+        self._tb: TracebackType | None = None
+        self._greenlet: RawGreenlet | None = None
+        # What kill() raises inside the running task: only that instance ends the task and
         # not its worker (a Pool.kill's exit landing first must end the worker).
-        self._kill_exc: GreenletExit | None = None
+        self._kill_exc: BaseException | None = None
+        self._spawned = False  # gevent-style: a failure is reported (see Pool.spawn)
         self._hooks: list[Callable[[Task[T]], object]] | None = None
-        self._links: dict[Callable[[Any], object], Callable[[Any], object]] | None = None
+        self._links: list[Callable[[Any], object]] = []
+        self._notifier: object = None
+        self._name: str | None = None
+        self._ident: int | None = None
+        self._later: Any = None  # spawn_later's timer, while the task waits for its time
 
     def __repr__(self) -> str:
-        return f"<ggopool.Task {callable_name(self._fn)} of pool {self._pool.name!r} {self._state}>"
+        name = "" if self._name is None else f" {self._name!r}"
+        call = describe_call(self._fn, self._args, self._kwargs)  # never raises
+        pool = self._pool.name  # a str, checked when the pool was made
+        return f"<ggopool.Task{name} of pool {pool!r} {self._state} at {id(self):#x}: {call}>"
 
     # -- run by the worker -------------------------------------------------------------
 
     def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self._state is not _PENDING:
-            # Cancelled while queued: the worker skips it.
+            # Cancelled or killed while queued: the worker skips it.
             pool = self._pool
             counts = pool._counts
             counts.skipped += 1
@@ -98,31 +207,38 @@ class Task(Generic[T]):
         try:
             value = self._fn(*args, **kwargs)
         except GreenletExit as exc:
-            self._finish(exc, None)
+            self._finish(exc, None, None)
             if exc is self._kill_exc:
                 return  # a kill aimed at this task, not at the worker: the worker goes on
             raise
         except BaseException as exc:
-            self._finish(None, exc)
-            if isinstance(exc, get_hub().SYSTEM_ERROR):
-                raise  # the worker reports it to the hub, as gevent does, and counts it
+            self._finish(None, exc, exc.__traceback__)
+            if self._spawned or isinstance(exc, get_hub().SYSTEM_ERROR):
+                # The worker counts it and reports it (the pool's panic handler, or the
+                # hub with this task as context), as gevent reports a greenlet's failure.
+                raise
             self._pool._counts.failed += 1
             return
-        self._finish(value, None)
+        self._finish(value, None, None)
 
-    def _finish(self, value: object, exc: BaseException | None) -> None:
+    def _finish(self, value: object, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._state = _DONE
+        self._set_outcome(value, exc, tb)
+
+    def _set_outcome(
+        self, value: object, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # Plain assignments that cannot fail, so the handle always becomes ready.
         self._greenlet = None
+        self._value = value
+        self._exc = exc
+        self._tb = tb
+        self._args = ()
+        self._kwargs = {}
+        self._ctx = None
         try:
-            if exc is None:
-                self._result.set(value)
-            else:
-                try:
-                    self._result.set_exception(exc, (type(exc), exc, exc.__traceback__))
-                except BaseException:  # noqa: BLE001
-                    # gevent could not keep the traceback (one thousands of frames deep
-                    # fails to serialise): keep the exception, which still carries it.
-                    self._result.set_exception(exc)
+            if self._links:
+                self._schedule_notify()
         finally:
             self._run_hooks()
 
@@ -144,55 +260,189 @@ class Task(Generic[T]):
                 except BaseException as exc:  # noqa: BLE001 - one hook must not stop the rest
                     get_hub().handle_error(self, type(exc), exc, exc.__traceback__)
 
-    # -- AsyncResult -------------------------------------------------------------------
-
-    def get(self, block: bool = True, timeout: float | None = None) -> T:
-        """The task's value, or raise its exception; see the class docstring."""
-        return cast(T, self._result.get(block, check_timeout(timeout)))
-
-    def wait(self, timeout: float | None = None) -> T | None:
-        """Wait until the task is done; return its value (None if not ready or it raised)."""
-        return cast("T | None", self._result.wait(check_timeout(timeout)))
-
-    def join(self, timeout: float | None = None) -> None:
-        """Wait until the task is done or ``timeout`` passes, like ``Greenlet.join``."""
-        self._result.wait(check_timeout(timeout))
+    # -- the outcome -------------------------------------------------------------------
 
     def ready(self) -> bool:
         """True once the task has finished, raised, been killed or been cancelled."""
-        return bool(self._result.ready())
+        return self._state is _DONE or self._state is _CANCELLED
 
     def successful(self) -> bool:
         """True if the task finished without raising (a killed task counts, as in gevent)."""
-        return bool(self._result.successful())
+        return self.ready() and self._exc is None
+
+    @property
+    def dead(self) -> bool:
+        """True once the task will not run any more: `ready`, as a greenlet's ``dead``."""
+        return self.ready()
+
+    @property
+    def started(self) -> bool:
+        """True while the task is queued or running, as a greenlet's (see ``__bool__``)."""
+        return not self.ready()
+
+    def __bool__(self) -> bool:
+        """True while queued or running, false once dead, as a ``gevent.Greenlet``."""
+        return not self.ready()
 
     @property
     def value(self) -> T | None:
-        """The return value, or None if the task is not done or raised."""
-        return cast("T | None", self._result.value)
+        """The return value (a `GreenletExit` if it was killed), or None if the task is not
+        done or raised."""
+        return cast("T | None", self._value)
 
     @property
     def exception(self) -> BaseException | None:
-        """The exception the task raised (`TaskCancelled` if cancelled), or None."""
-        return self._result.exception
+        """The exception the task raised (`TaskCancelled` if cancelled), or None: a
+        property, as gevent's (a Future's ``exception()`` is a method)."""
+        return self._exc
+
+    @property
+    def exc_info(self) -> tuple[type[BaseException], BaseException, TracebackType | None] | None:
+        """``(type, exception, traceback)`` if the task raised, else None."""
+        exc = self._exc
+        return None if exc is None else (type(exc), exc, self._tb)
+
+    def _raise_exception(self) -> None:
+        # gevent.joinall(raise_error=True) and Pool.join call this when it exists. Each
+        # raise starts from the traceback the task raised with, so repeated get()s do not
+        # pile up frames.
+        exc = self._exc
+        assert exc is not None
+        raise exc.with_traceback(self._tb)
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """The positional arguments of the call (``()`` once it is done, as gevent's)."""
+        return self._args
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the call (``{}`` once it is done, as gevent's)."""
+        return self._kwargs
+
+    @property
+    def minimal_ident(self) -> int:
+        """A small integer unique among the live tasks and greenlets of the hub."""
+        if self._ident is None:
+            self._ident = self._pool._hub.ident_registry.get_ident(self)
+        return self._ident
+
+    @property
+    def name(self) -> str:
+        """``Task-<minimal_ident>`` unless assigned; shown in the repr once assigned."""
+        return self._name if self._name is not None else f"Task-{self.minimal_ident}"
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
+
+    @property
+    def loop(self) -> _Loop:
+        """The event loop of the pool's hub (``gevent.killall`` schedules its kills there)."""
+        return self._pool._hub.loop
+
+    # -- waiting -----------------------------------------------------------------------
+
+    def get(self, block: bool = True, timeout: float | Timeout | None = None) -> T:
+        """The task's value, or raise its exception; see the class docstring."""
+        timeout = _check_wait_timeout(timeout)
+        if not self.ready():
+            if not block:
+                raise Timeout()
+            self._wait(timeout, swallow_own_timeout=False)
+        if self._exc is not None:
+            self._raise_exception()
+        return cast(T, self._value)
+
+    def join(self, timeout: float | Timeout | None = None) -> None:
+        """Wait until the task is done or ``timeout`` passes, like ``Greenlet.join``."""
+        timeout = _check_wait_timeout(timeout)
+        if not self.ready():
+            self._wait(timeout, swallow_own_timeout=True)
+
+    def wait(self, timeout: float | Timeout | None = None) -> T | None:
+        """Wait until the task is done or ``timeout`` passes; return its value (None if not
+        ready or it raised), like ``AsyncResult.wait``."""
+        self.join(timeout)
+        return self.value
+
+    def _wait(self, timeout: float | Timeout | None, swallow_own_timeout: bool) -> None:
+        # gevent's Greenlet.get/join: park on a link until the task is done.
+        switch = getcurrent().switch
+        self.rawlink(switch)
+        timer = None
+        try:
+            timer = None if timeout is None else Timeout.start_new(timeout)
+            try:
+                result = self._pool._hub.switch()
+                if result is not self:
+                    raise InvalidSwitchError(f"invalid switch into Task.get(): {result!r}")
+            finally:
+                if timer is not None:
+                    timer.cancel()
+        except Timeout as ex:
+            self.unlink(switch)
+            if not swallow_own_timeout or ex is not timer:
+                raise
+        except BaseException:
+            self.unlink(switch)
+            raise
+
+    # -- links -------------------------------------------------------------------------
 
     def rawlink(self, callback: Callable[[Any], object]) -> None:
-        """Call ``callback(self)`` in the hub once the task is done (for ``gevent.wait``)."""
-        if self._links is None:
-            self._links = {}
+        """Call ``callback(self)`` in the hub once the task is done (at once if it is).
 
-        def link(_: object) -> None:
-            callback(self)
+        The callback must not block or raise (what it raises is reported through the hub).
+        ``gevent.wait``, ``gevent.iwait`` and ``gevent.joinall`` wait with it.
+        """
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r}")
+        self._links.append(callback)
+        if self.ready():
+            self._schedule_notify()
 
-        self._links[callback] = link
-        self._result.rawlink(link)
+    def link(self, callback: Callable[[Any], object]) -> None:
+        """Call ``callback(self)`` in a new greenlet once the task is done."""
+        self.rawlink(_Spawned(callback, "done"))
+
+    def link_value(self, callback: Callable[[Any], object]) -> None:
+        """Like `link`, only if the task succeeded (a killed task counts, as in gevent)."""
+        self.rawlink(_Spawned(callback, "value"))
+
+    def link_exception(self, callback: Callable[[Any], object]) -> None:
+        """Like `link`, only if the task raised."""
+        self.rawlink(_Spawned(callback, "exception"))
 
     def unlink(self, callback: Callable[[Any], object]) -> None:
-        """Undo `rawlink`."""
-        if self._links is not None:
-            link = self._links.pop(callback, None)
-            if link is not None:
-                self._result.unlink(link)
+        """Undo `rawlink` or `link` (the first link of ``callback`` still to be called)."""
+        with contextlib.suppress(ValueError):
+            self._links.remove(callback)
+
+    def unlink_all(self) -> None:
+        """Remove every link still to be called."""
+        del self._links[:]
+
+    def has_links(self) -> int:
+        """How many links are still to be called (a true value if any)."""
+        return len(self._links)
+
+    def _schedule_notify(self) -> None:
+        if self._notifier is None:
+            self._notifier = self._pool._hub.loop.run_callback(self._notify_links)
+
+    def _notify_links(self) -> None:
+        # Runs in the hub. A link may unlink a later one, or add one, as gevent's may.
+        try:
+            links = self._links
+            while links:
+                link = links.pop(0)
+                try:
+                    link(self)
+                except BaseException:  # noqa: BLE001 - reported, and the next link runs
+                    get_hub().handle_error((link, self), *sys.exc_info())
+        finally:
+            self._notifier = None
 
     # -- Future ------------------------------------------------------------------------
 
@@ -217,24 +467,69 @@ class Task(Generic[T]):
         """Cancel the task if it has not started: True if it will never run."""
         if self._state is _CANCELLED:
             return True
-        if self._state is not _PENDING:
+        if self._state is _LATER:
+            self._stop_later()
+        elif self._state is _PENDING:
+            self._uncount_queued()
+        else:
             return False
+        self._mark_cancelled()
+        return True
+
+    def _uncount_queued(self) -> None:
         pool = self._pool
         counts = pool._counts
         counts.cancelled += 1
         counts.cancelled_queued += 1
         if pool._slots is not None:
             pool._slots.release()  # its room under max_pending is free again at once
-        self._mark_cancelled()
-        return True
 
     def _mark_cancelled(self, why: str = "was cancelled") -> None:
         """The handle's side of a cancel: it will never run, and it is ready now."""
         self._state = _CANCELLED
+        self._set_outcome(None, TaskCancelled(f"{self!r} {why}"), None)
+
+    def _mark_killed(self, exception: object) -> None:
+        """The handle's side of a kill before it ran: it will never run, and its outcome
+        is ``exception`` (a GreenletExit as its value), as for a greenlet killed before it
+        started."""
+        exc = as_exception(exception)
+        self._state = _CANCELLED
+        ctx, args, kwargs = self._ctx, self._args, self._kwargs
+        if isinstance(exc, GreenletExit):
+            self._set_outcome(exc, None, None)
+            return
+        self._set_outcome(None, exc, exc.__traceback__)
+        if self._spawned:
+            from ggopool._panic import report_task_failure  # _panic imports this module
+
+            report_task_failure(self, ctx, args, kwargs, exc)
+
+    # -- spawn_later ---------------------------------------------------------------------
+
+    def _queue_later(self, seconds: float) -> None:
+        """Queue the task on its pool in ``seconds`` (``ggopool.spawn_later``)."""
+        self._state = _LATER
+        timer = self._pool._hub.loop.timer(seconds)
+        self._later = timer
+        timer.start(self._queue_now)
+
+    def _queue_now(self) -> None:
+        # Runs in the hub, when the timer fires.
+        self._stop_later()
+        if self._state is not _LATER:
+            return
+        self._state = _PENDING
         try:
-            self._result.set_exception(TaskCancelled(f"{self!r} {why}"))
-        finally:
-            self._run_hooks()
+            self._pool._enqueue(self)
+        except BaseException as exc:  # noqa: BLE001 - a closed pool: the task fails with it
+            self._state = _DONE
+            self._set_outcome(None, exc, exc.__traceback__)
+
+    def _stop_later(self) -> None:
+        timer, self._later = self._later, None
+        if timer is not None:
+            timer.close()
 
     def _left_in_parent(self) -> None:
         """In a forked child: this task was queued in the parent, and runs there."""
@@ -242,34 +537,84 @@ class Task(Generic[T]):
             self._mark_cancelled("was queued before fork(): it runs in the parent, not here")
 
     def cancelled(self) -> bool:
-        """True if `cancel` (or `kill`, or the pool's ``kill``) stopped it before it ran."""
+        """True if the task was stopped before it ran: by `cancel` (``get()`` raises
+        `TaskCancelled`), by `kill` or by the pool's ``kill`` (its outcome is the kill's)."""
         return self._state is _CANCELLED
 
-    def kill(self, block: bool = True, timeout: float | None = None) -> None:
-        """Cancel the task if queued; raise ``GreenletExit`` inside it if running.
+    # -- killing -----------------------------------------------------------------------
 
-        With ``block`` it waits (up to ``timeout`` seconds) until the task is done.
-        """
-        timeout = check_timeout(timeout)
-        if self._state is _PENDING:
-            self.cancel()
-            return
-        if self._state is not _RUNNING:
+    def kill(
+        self,
+        exception: object = GreenletExit,
+        block: bool = True,
+        timeout: float | Timeout | None = None,
+    ) -> None:
+        """Stop the task with ``exception`` (see the class docstring); with ``block``, wait
+        up to ``timeout`` seconds until it is done. Never raises, as gevent's (but for a
+        bad ``timeout``, refused before anything happens)."""
+        timeout = _check_wait_timeout(timeout)
+        if self._maybe_kill_before_start(exception) or self._state is not _RUNNING:
             return
         if self._kill_exc is None:
-            self._kill_exc = GreenletExit()
+            self._kill_exc = as_exception(exception)
         if getcurrent() is self._greenlet:
             raise self._kill_exc
-        self._pool._hub.loop.run_callback(self._throw)
+        self._pool._hub.loop.run_callback(self._throw_kill)
         if block:
-            self._result.wait(timeout)
+            self.join(timeout)
 
-    def _throw(self) -> None:
+    def _maybe_kill_before_start(self, exception: object) -> bool:
+        """Kill the task now if it is still queued (``gevent.killall`` calls this first, so
+        no task it kills starts in between). True if the task is now dead."""
+        if self._state is _LATER:
+            self._stop_later()
+            self._mark_killed(exception)
+        elif self._state is _PENDING:
+            self._uncount_queued()
+            self._mark_killed(exception)
+        return self.ready()
+
+    def _throw_kill(self) -> None:
         # Runs in the hub. Only if the task is still running: the worker may have moved on
         # to another task since kill() was called, and that one must not get the exit.
         exc = self._kill_exc
         if self._state is _RUNNING and self._greenlet is not None and exc is not None:
             self._greenlet.throw(exc)
+
+    def throw(self, *args: Any) -> None:
+        """Raise an exception in the task now (from the hub, as ``gevent.killall`` does):
+        a queued task is killed before it starts, a running one gets it at once."""
+        exception: object = args if len(args) == 3 else (args[0] if args else GreenletExit)
+        if self._maybe_kill_before_start(exception) or self._state is not _RUNNING:
+            return
+        if self._kill_exc is None:
+            self._kill_exc = as_exception(exception)
+        if getcurrent() is self._greenlet:
+            raise self._kill_exc
+        self._throw_kill()
+
+    def start(self) -> None:
+        """Does nothing: a task is queued when it is made (kept for code written for a
+        ``gevent.Greenlet``, whose ``start()`` does nothing once it is started)."""
+
+    def __enter__(self) -> Task[T]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # gevent's: wait for the task, then kill it (a no-op once done); if the block
+        # raised, kill the task with that exception instead.
+        if exc_type is None:
+            try:
+                self.join()
+            finally:
+                self.kill()
+        else:
+            self.kill((exc_type, exc, tb))
 
 
 def is_task_runner(fn: object, pool: Pool) -> bool:

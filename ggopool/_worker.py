@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from greenlet import GreenletExit
 from greenlet import greenlet as RawGreenlet
 
+from ggopool._locals import clear_locals
 from ggopool._panic import report_failure, report_worker_failure
 
 if TYPE_CHECKING:
@@ -78,6 +79,7 @@ def _run(pool: Pool, me: Worker, generation: int) -> None:
     slots = pool._slots
     take = popleft if slots is None else _giving_back_a_slot(slots.release, popleft)
     counts = pool._counts
+    local_state = me.__dict__  # empty unless a task left greenlet-local state (_locals.py)
     while True:
         # Runs until the queue is empty, then parks on the pool's free list.
         while tasks:
@@ -93,6 +95,8 @@ def _run(pool: Pool, me: Worker, generation: int) -> None:
             except BaseException as exc:  # noqa: BLE001 - no task may end its worker
                 counts.failed += 1
                 report_failure(pool, ctx, fn, args, kwargs, exc)
+            if local_state:
+                clear_locals(me)  # the next task starts with none, as in a new greenlet
             if pool._workers > pool._cap and pool._generation == generation:
                 return  # the cap was lowered while this task ran: leave now that it is done
         # Don't keep the last task's callable, arguments and context alive while parked.

@@ -19,7 +19,7 @@ Routes:
 Run it::
 
     python -m loadtests.app --port 8000
-    gunicorn -k gevent -w 2 --preload --no-control-socket -b 127.0.0.1:8000 \\
+    gunicorn -k gevent -w 2 --preload -b 127.0.0.1:8000 \\
         -c python:loadtests.gunicorn_conf loadtests.app:app
 
 All I/O is gevent's own (pywsgi, geventhttpclient, gevent.sleep), so the app needs no

@@ -1,7 +1,7 @@
 """gunicorn settings for the load-test app: each worker's pools are built after the fork,
 and a worker that stops finishes their tasks first.
 
-    gunicorn -k gevent -w 2 --preload --no-control-socket -b 127.0.0.1:8000 \\
+    gunicorn -k gevent -w 2 --preload -b 127.0.0.1:8000 \\
         -c python:loadtests.gunicorn_conf loadtests.app:app
 
 With ``--preload`` the app is imported once, in the master, and the workers are forked

@@ -55,17 +55,21 @@ def start_app(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     )
     assert app.stdout is not None
     deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([app.stdout], [], [], deadline - time.monotonic())
-        line = app.stdout.readline() if ready else ""
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([app.stdout], [], [], left)
+        if not ready:
+            break
+        line = app.stdout.readline()
+        if not line:  # end of its output: the app exited (its error went to stderr, above)
+            app.stdout.close()
+            raise SystemExit(f"the app exited with code {app.wait()} before it was listening")
         match = re.search(r"listening on (http://\S+)", line)
         if match:
             return app, match.group(1)
-        if ready and not line:
-            break  # the app exited
     app.kill()
     app.wait()
-    raise SystemExit(f"the app did not start listening within {STARTUP_TIMEOUT} s")
+    app.stdout.close()
+    raise SystemExit(f"the app was not listening after {STARTUP_TIMEOUT:g} s; stopped it")
 
 
 def stop(proc: subprocess.Popen[Any]) -> None:

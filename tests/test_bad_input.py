@@ -333,9 +333,11 @@ def test_map_and_imap_unordered(fn: Any, iterable: Any) -> None:
             lambda: list(s.pool.imap_unordered(fn, iterable)),
         ):
             exc = s.call(run)
-            assert (exc is None) == (items is not None and (callable(fn) or not items))
+            assert (exc is None) == (items is not None and callable(fn))
             if exc is not None:
                 assert type(exc) is TypeError
+            if not callable(fn):
+                assert str(exc) == f"fn must be callable, got {fn!r}"
 
 
 # -- the registry --------------------------------------------------------------------------

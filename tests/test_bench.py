@@ -31,7 +31,7 @@ from ggopool.bench.trickle import timed_trickle
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL = list(STRATEGIES)
-UNCAPPED = {"ggopool.go", "gevent.spawn", "gevent.spawn_raw", "deque-floor"}
+UNCAPPED = {"ggopool.go", "ggopool.spawn", "gevent.spawn", "gevent.spawn_raw", "deque-floor"}
 
 # Every workload, with counts small enough for a few seconds in all.
 TINY = [
@@ -74,6 +74,7 @@ def json_run() -> dict[str, Any]:
 def test_strategy_names_need_no_quoting_in_a_shell() -> None:
     assert ALL == [
         "ggopool.go",
+        "ggopool.spawn",
         "ggopool.Pool",
         "gevent.spawn",
         "gevent.spawn_raw",
@@ -156,6 +157,7 @@ def test_json_memory_has_both_figures_for_every_strategy_and_kind(
     blocked = {r["strategy"]: r["blocked_at_peak"] for r in memory if r["kind"] == "event"}
     assert blocked == {
         "ggopool.go": 300,
+        "ggopool.spawn": 300,
         "ggopool.Pool": 50,
         "gevent.spawn": 300,
         "gevent.spawn_raw": 300,

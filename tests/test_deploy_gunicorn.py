@@ -26,8 +26,12 @@ ROUNDS = 10  # at most; the test stops sending once both workers have answered
 def test_gunicorn_preload_spreads_requests_and_runs_each_task_once(tmp_path: Path) -> None:
     audit_file = tmp_path / "audit.jsonl"
     with WebhookReceiver() as receiver:
+        # gunicorn >= 25.1 opens a control socket in $XDG_RUNTIME_DIR (else ~/.gunicorn), one
+        # path for every gunicorn of the user: this test's goes in its own directory.
         env = subprocess_env(
-            LOADTESTS_AUDIT_FILE=str(audit_file), LOADTESTS_WEBHOOK_URL=receiver.url
+            LOADTESTS_AUDIT_FILE=str(audit_file),
+            LOADTESTS_WEBHOOK_URL=receiver.url,
+            XDG_RUNTIME_DIR=str(tmp_path),
         )
         args = [
             sys.executable,
@@ -38,7 +42,6 @@ def test_gunicorn_preload_spreads_requests_and_runs_each_task_once(tmp_path: Pat
             "-w",
             "2",
             "--preload",
-            "--no-control-socket",
             "-b",
             "127.0.0.1:0",
             "-c",

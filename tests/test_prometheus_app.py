@@ -139,7 +139,8 @@ def test_metrics_list_every_pool_of_every_worker_with_the_values_of_its_stats(
 ) -> None:
     directory = tmp_path / "prometheus"
     directory.mkdir()
-    env = subprocess_env(PROMETHEUS_MULTIPROC_DIR=str(directory))
+    # gunicorn >= 25.1 opens a control socket in $XDG_RUNTIME_DIR: this test's in its tmp dir.
+    env = subprocess_env(PROMETHEUS_MULTIPROC_DIR=str(directory), XDG_RUNTIME_DIR=str(tmp_path))
     args = [
         sys.executable,
         "-m",
@@ -149,7 +150,6 @@ def test_metrics_list_every_pool_of_every_worker_with_the_values_of_its_stats(
         "-w",
         "2",
         "--preload",
-        "--no-control-socket",
         "-b",
         "127.0.0.1:0",
         "-c",
@@ -244,8 +244,10 @@ def test_metrics_list_every_pool_of_every_worker_with_the_values_of_its_stats(
                     first.value("ggopool_tasks_running_peak", **labels) == counted["peak_running"]
                 )
                 assert first.value("ggopool_workers_peak", **labels) == counted["peak_workers"]
-                assert 1 <= counted["peak_running"] <= counted["cap"]
+                # A worker the kernel handed no request of a kind ran none of its tasks.
+                assert 0 <= counted["peak_running"] <= counted["cap"]
         for pool in MEASURED:
+            assert max(s["pools"][pool]["peak_running"] for s in final.values()) >= 1
             cumulative = list(first.buckets(pool).values())
             assert cumulative == sorted(cumulative)
             assert cumulative[-1] == first.value(WAIT + "_count", pool=pool)

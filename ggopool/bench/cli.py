@@ -10,6 +10,7 @@ without pass/fail verdicts: they are set for the full run's sizes.
 
 strategies:
   ggopool.go        ggopool.go(fn): the default pool as it ships (no cap)
+  ggopool.spawn     ggopool.spawn(fn), then gevent.joinall: a Task handle per task
   ggopool.Pool      pool.go(fn) on a ggopool pool of the workload's cap
   gevent.spawn      gevent.spawn(fn), then gevent.joinall: every ratio's baseline
   gevent.spawn_raw  gevent.spawn_raw(fn): a raw greenlet per task

@@ -142,6 +142,37 @@ class GoStrategy(Strategy):
         _settle(self._pool, done)
 
 
+class GgopoolSpawnStrategy(Strategy):
+    """``ggopool.spawn(fn)`` for each task, then ``gevent.joinall``: the drop-in for
+    ``gevent.spawn`` where the caller keeps the handles (a `Task` each, on the default
+    pool as it ships)."""
+
+    name = "ggopool.spawn"
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(cap)
+        self._pool = ggopool.default_pool()
+        self._tasks: list[ggopool.Task[Any]] = []
+
+    def burst(self, n: int, task: Callable[[], object], done: Event) -> None:
+        spawn = ggopool.spawn
+        tasks = [spawn(task) for _ in range(n)]
+        gevent.joinall(tasks, timeout=WAIT_LIMIT)
+        _settle(self._pool, done)
+
+    def submitter(self) -> Callable[[Callable[[], object]], object]:
+        # Not submit: it keeps every task for finish(); a trickle has no need to.
+        return ggopool.spawn
+
+    def submit(self, fn: Callable[..., object], *args: Any) -> None:
+        self._tasks.append(ggopool.spawn(fn, *args))
+
+    def finish(self, done: Event) -> None:
+        tasks, self._tasks = self._tasks, []
+        gevent.joinall(tasks, timeout=WAIT_LIMIT)
+        _settle(self._pool, done)
+
+
 class CappedPoolStrategy(Strategy):
     """``pool.go(fn)`` on one long-lived ``ggopool.Pool`` of the given cap (default
     ``Config``), warm between bursts."""
@@ -302,6 +333,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (
         GoStrategy,
+        GgopoolSpawnStrategy,
         CappedPoolStrategy,
         SpawnStrategy,
         SpawnRawStrategy,

@@ -1,0 +1,614 @@
+"""gevent.pool.Pool's surface on a ggopool Pool: spawn, apply, map, imap, add, join..."""
+
+from __future__ import annotations
+
+import contextvars
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
+
+from gevent import kill as gevent_kill
+from gevent import spawn_raw
+from gevent.event import Event
+from gevent.lock import DummySemaphore, Semaphore
+from gevent.queue import UnboundQueue
+from greenlet import GreenletExit, getcurrent
+
+from ggopool._config import check_int_at_least, check_timeout
+from ggopool._entry import NO_KWARGS
+from ggopool._errors import PoolFull
+from ggopool._task import Task as _Task
+from ggopool._task import as_exception
+
+if TYPE_CHECKING:
+    from gevent.hub import Hub
+
+    from ggopool._config import Config
+    from ggopool._entry import Entry
+    from ggopool._pool import Pool
+    from ggopool._task import Task
+    from ggopool._worker import Worker
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class _Membership:
+    """A pool's members, and the Event that wakes those waiting for room among them."""
+
+    __slots__ = ("left", "pool", "room", "tasks")
+
+    def __init__(self, pool: GeventPoolMixin) -> None:
+        self.tasks: set[Any] = set()
+        self.room: Event | None = None  # set when a member leaves, if someone waits
+        self.pool = weakref.ref(pool)  # not the pool itself: it would never be collected
+        # One bound method for every member's hook, not one made per task.
+        self.left: Callable[[Any], None] = self._left
+
+    def _left(self, task: Any) -> None:
+        self.tasks.discard(task)
+        if self.room is not None:
+            pool = self.pool()
+            if pool is not None:
+                self.check_room(pool._cap)
+
+    def check_room(self, cap: int) -> None:
+        room = self.room
+        if room is not None and len(self.tasks) < cap:
+            self.room = None
+            room.set()
+
+
+_NO_MEMBERS: frozenset[Any] = frozenset()
+
+
+class GeventPoolMixin:
+    """What ``gevent.pool.Pool`` offers, with gevent's meaning, for `Pool` to inherit.
+
+    A pool's *members* are the tasks made by `spawn` (and by ``apply``, ``map``,
+    ``imap``... which spawn) that are queued or running, and what `add` was given, until
+    it finishes. ``len``, ``in``, iteration, `free_count`, `full` and `wait_available`
+    count members; ``go`` and ``submit`` tasks are not members.
+    """
+
+    if TYPE_CHECKING:
+        # What the mixin uses of Pool.
+        _cap: int
+        _name: str
+        _hub: Hub
+        _config: Config
+        _greenlets: set[Worker]
+
+        def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]: ...
+        def _queue(self, task: Entry) -> None: ...
+
+    def _reset_members(self) -> None:
+        """Forget the members (Pool._reset: a new pool, or a forked child's)."""
+        _membership.pop(id(self), None)
+
+    def _membership(self) -> _Membership:
+        membership = _membership.get(id(self))
+        if membership is None:
+            membership = _membership[id(self)] = _Membership(self)
+            weakref.finalize(self, _membership.pop, id(self), None)
+        return membership
+
+    @property
+    def _members(self) -> set[Any] | frozenset[Any]:
+        # For reading: a pool that never had a member gets no entry for being asked.
+        membership = _membership.get(id(self))
+        return _NO_MEMBERS if membership is None else membership.tasks
+
+    # -- members -----------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """The most members the pool holds before it is `full`: its cap."""
+        return self._cap
+
+    def __len__(self) -> int:
+        """How many members the pool holds (spawned tasks queued or running, and added)."""
+        return len(self._members)
+
+    def __bool__(self) -> bool:
+        # A pool is true even when empty (gevent's is false): `get_pool` returns
+        # ``Pool | None``, and ``if pool:`` must keep meaning "there is a pool".
+        return True
+
+    def __contains__(self, item: object) -> bool:
+        """True for a member, and for one of the pool's worker greenlets (so that
+        ``gevent.getcurrent() in pool`` tells whether the caller runs in one of its tasks)."""
+        return item in self._members or item in self._greenlets
+
+    def __iter__(self) -> Iterator[Any]:
+        """The members, in no particular order (a snapshot: the pool may change meanwhile)."""
+        return iter(list(self._members))
+
+    def free_count(self) -> int:
+        """How many more members the pool takes before it is `full`."""
+        return max(0, self._cap - len(self._members))
+
+    def full(self) -> bool:
+        """True when the pool holds ``cap`` members: `spawn` would wait, if it waits."""
+        return len(self._members) >= self._cap
+
+    def wait_available(self, timeout: float | None = None) -> int:
+        """Wait until the pool is not `full` or ``timeout`` passes; return `free_count`."""
+        self._wait_for_room(True, check_timeout(timeout))
+        return self.free_count()
+
+    def add(self, task: Any, blocking: bool = True, timeout: float | None = None) -> None:
+        """Make ``task`` (a `Task`, or a gevent greenlet) a member until it finishes.
+
+        When the pool is `full` it waits for room (up to ``timeout`` seconds) or, with
+        ``blocking=False``, raises `PoolFull` at once, as gevent's ``Pool.add`` does.
+        """
+        timeout = check_timeout(timeout)
+        if not self._wait_for_room(blocking, timeout):
+            raise PoolFull(f"pool {self._name!r} is full: it holds {self._cap} members")
+        self._track(task)
+
+    def start(self, task: Any, blocking: bool = True, timeout: float | None = None) -> None:
+        """`add` ``task``, then ``task.start()`` (for a ggopool `Task`, which is queued
+        when it is made, that does nothing)."""
+        self.add(task, blocking, timeout)
+        task.start()
+
+    def discard(self, task: Any) -> None:
+        """Stop counting ``task`` as a member; it runs on."""
+        membership = self._membership()
+        membership.left(task)
+        unlink = getattr(task, "unlink", None)
+        if unlink is not None:
+            unlink(membership.left)
+
+    def _track(self, task: Any) -> None:
+        membership = self._membership()
+        membership.tasks.add(task)
+        add_hook = getattr(task, "_add_hook", None)
+        if add_hook is not None:
+            add_hook(membership.left)  # a Task: synchronously, as it finishes
+            return
+        rawlink = getattr(task, "rawlink", None)
+        if rawlink is not None:
+            rawlink(membership.left)  # a gevent Greenlet: from the hub
+        # A raw greenlet stays a member until discard(), as in gevent.
+
+    def _check_room(self) -> None:
+        membership = _membership.get(id(self))
+        if membership is not None:
+            membership.check_room(self._cap)
+
+    def _wait_for_room(self, blocking: bool, timeout: float | None) -> bool:
+        """Wait until the pool holds fewer than ``cap`` members: True, or False if
+        ``blocking`` is False or ``timeout`` passed first."""
+        if len(self._members) < self._cap:
+            return True
+        if not blocking:
+            return False
+        if getcurrent() is self._hub:
+            raise PoolFull(
+                f"pool {self._name!r} is full: it holds {self._cap} members, "
+                "and the hub cannot wait for room"
+            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        membership = self._membership()
+        while len(membership.tasks) >= self._cap:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            if membership.room is None:
+                membership.room = Event()
+            membership.room.wait(remaining)
+            membership = self._membership()  # a fork may have replaced it meanwhile
+        return True
+
+    # -- spawning ----------------------------------------------------------------------
+
+    def spawn(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]:
+        """Queue ``fn(*args, **kwargs)`` as a member of the pool, as ``gevent.pool.Pool``'s
+        ``spawn`` does, and return its `Task`.
+
+        With ``Config(spawn_waits_when_full=True)`` it first waits while the pool is
+        `full`, as gevent's does; otherwise it never waits. A task that raises is reported
+        as a ``gevent.spawn`` greenlet's failure is: to the pool's panic handler if one is
+        set, else through the hub, and ``get()`` raises it too.
+        """
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        return self._spawn(fn, args, kwargs, self._config.spawn_waits_when_full)
+
+    def _spawn(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        wait: bool,
+        report: bool = True,
+    ) -> Task[T]:
+        """Queue a member task. ``report``: a failure is reported as gevent reports a
+        greenlet's (spawn, apply_async); without it, only the caller who reads the
+        result gets it (apply, map, imap, which raise it)."""
+        if wait:
+            self._wait_for_room(True, None)
+        task: Task[T] = _Task(cast("Pool", self), fn, args, kwargs, contextvars.copy_context())
+        task._spawned = report
+        self._enqueue(task)
+        return task
+
+    def _enqueue(self, task: Task[Any]) -> None:
+        """Queue a member task made by `_spawn` (or, later, by ``spawn_later``)."""
+        ctx = task._ctx
+        assert ctx is not None  # a task holds its context until it is done
+        # A member before it is queued: queued from another thread, it may run (and its
+        # hooks with it) on the pool's thread at once.
+        self._track(task)
+        try:
+            self._queue((ctx, task._run, (task._args, task._kwargs), NO_KWARGS))
+        except BaseException:
+            self._membership().left(task)  # refused (a closed pool): never a member
+            raise
+
+    def apply(
+        self,
+        fn: Callable[..., T],
+        args: Iterable[Any] | None = None,
+        kwds: dict[str, Any] | None = None,
+    ) -> T:
+        """``fn(*args, **kwds)`` run on the pool; return its value or raise its exception.
+
+        Called from one of the pool's own tasks it runs ``fn`` at once, in the caller, as
+        gevent's does (waiting for a worker there could wait for itself).
+        """
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        args, kwds = _args(args, kwds)
+        if getcurrent() in self._greenlets:
+            return fn(*args, **kwds)
+        return self._spawn(fn, args, kwds, self._config.spawn_waits_when_full, False).get()
+
+    def apply_cb(
+        self,
+        fn: Callable[..., T],
+        args: Iterable[Any] | None = None,
+        kwds: dict[str, Any] | None = None,
+        callback: Callable[[T], object] | None = None,
+    ) -> T:
+        """`apply`, then ``callback(value)`` in a `go` task of the default pool, if given."""
+        _check_callback(callback)
+        result = self.apply(fn, args, kwds)
+        if callback is not None:
+            _default_pool().go(callback, result)
+        return result
+
+    def apply_async(
+        self,
+        fn: Callable[..., T],
+        args: Iterable[Any] | None = None,
+        kwds: dict[str, Any] | None = None,
+        callback: Callable[[T], object] | None = None,
+    ) -> Task[T]:
+        """Queue ``fn(*args, **kwds)`` as a member and return its `Task` at once (it never
+        waits, even when the pool is full); if it succeeds, ``callback(value)`` runs in a
+        `go` task of the default pool."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        _check_callback(callback)
+        args, kwds = _args(args, kwds)
+        task = self._spawn(fn, args, kwds, False)
+        if callback is not None:
+            task._add_hook(_PassValue(callback))
+        return task
+
+    def map(self, fn: Callable[..., T], *iterables: Iterable[Any]) -> list[T]:
+        """``[fn(*xs) for xs in zip(*iterables)]``, run on the pool; results in input order.
+
+        Each call is spawned as a member (waiting for room, if the pool's spawn waits).
+        All the tasks run to the end; then the first exception, in input order, is
+        raised.
+        """
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        wait = self._config.spawn_waits_when_full
+        tasks = [self._spawn(fn, xs, {}, wait, False) for xs in zip(*iterables, strict=False)]
+        for task in tasks:
+            task.join()
+        return [task.get() for task in tasks]
+
+    def map_cb(
+        self,
+        fn: Callable[..., T],
+        iterable: Iterable[Any],
+        callback: Callable[[list[T]], object] | None = None,
+    ) -> list[T]:
+        """`map`, then ``callback(results)`` in the caller, if given."""
+        _check_callback(callback)
+        result = self.map(fn, iterable)
+        if callback is not None:
+            callback(result)
+        return result
+
+    def map_async(
+        self,
+        fn: Callable[..., T],
+        iterable: Iterable[Any],
+        callback: Callable[[list[T]], object] | None = None,
+    ) -> Task[list[T]]:
+        """`map_cb` in a task of the default pool (not of this one, whose workers it
+        waits for); return that task at once."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        _check_callback(callback)
+        return _default_pool().spawn(self.map_cb, fn, iterable, callback)
+
+    def imap(
+        self, fn: Callable[..., T], *iterables: Iterable[Any], maxsize: int | None = None
+    ) -> IMap[T]:
+        """Yield ``fn(*xs)`` for each ``xs`` in ``zip(*iterables)``, in input order, as the
+        results come in.
+
+        It streams: the input is read, and tasks are spawned, by a greenlet of its own
+        while the caller reads results, with at most ``cap`` of its tasks queued or
+        running; with ``maxsize``, at most that many results wait unread before it stops
+        spawning. A task's exception is raised when its result is reached, and the
+        iteration goes on after it; an exception from the input is raised after the
+        results of the items before it.
+        """
+        return IMap(self, fn, iterables, maxsize, ordered=True)
+
+    def imap_unordered(
+        self, fn: Callable[..., T], *iterables: Iterable[Any], maxsize: int | None = None
+    ) -> IMap[T]:
+        """Like `imap`, but each result is yielded as soon as its task finishes."""
+        return IMap(self, fn, iterables, maxsize, ordered=False)
+
+    # -- stopping ----------------------------------------------------------------------
+
+    def killone(
+        self,
+        task: Any,
+        exception: Any = GreenletExit,
+        block: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """Kill ``task`` if it is a member (with ``exception``, as ``Task.kill`` does);
+        with ``block``, wait up to ``timeout`` seconds for it to finish."""
+        timeout = check_timeout(timeout)
+        if task in self._members:
+            task.kill(exception, block=False)
+            if block:
+                task.join(timeout)
+
+    def _added_members(self) -> list[Any]:
+        """The members `add` gave this pool that are not its own tasks."""
+        return [
+            member
+            for member in self._members
+            if not (isinstance(member, _Task) and member._pool is self)
+        ]
+
+    def _join_added_members(self, timeout: float | None) -> bool:
+        """For `Pool.join`: wait up to ``timeout`` seconds for the added members (a raw
+        greenlet, which cannot be waited for, stays until discarded); True if none is left."""
+        added = self._added_members()
+        if added:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            for member in added:
+                join = getattr(member, "join", None)
+                if join is not None:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    join(left)
+        return not any(getattr(member, "join", None) and not member.dead for member in added)
+
+    def _kill_added_members(self, exception: object) -> list[Any]:
+        """For `Pool.kill`: kill the members `add` gave this pool that are not its own
+        tasks (greenlets, other pools' tasks), without waiting; return them."""
+        added = self._added_members()
+        for member in added:
+            kill = getattr(member, "kill", None)
+            if kill is not None:
+                kill(exception, block=False)
+            else:
+                gevent_kill(member, as_exception(exception))  # a raw greenlet
+        return added
+
+    def _raise_member_error(self, members: list[Any]) -> None:
+        """For ``join(raise_error=True)``: raise the exception of one of ``members`` (a
+        snapshot taken when join was called) that failed, as gevent's join does."""
+        for member in members:
+            exc = getattr(member, "exception", None)
+            if isinstance(exc, BaseException):
+                raise exc
+
+
+#: Each pool's `_Membership` by the pool's id, kept beside the pool rather than in it. A
+#: Pool already has 29 instance attributes, the most CPython 3.11 keeps in its fast layout:
+#: a 30th made every attribute read in go() slower (+2.4% instructions per no-op task,
+#: callgrind). A pool that never uses gevent's surface has no entry; a collected pool's
+#: entry goes with it (weakref.finalize).
+_membership: dict[int, _Membership] = {}
+
+
+def _args(
+    args: Iterable[Any] | None, kwds: dict[str, Any] | None
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return (() if args is None else tuple(args)), ({} if kwds is None else dict(kwds))
+
+
+def _check_callback(callback: object) -> None:
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable or None, got {callback!r}")
+
+
+class _PassValue:
+    """A task hook that calls ``callback(task.value)`` if the task succeeded."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callable[[Any], object]) -> None:
+        self.callback = callback
+
+    def __call__(self, task: Task[Any]) -> None:
+        if task.successful():
+            _default_pool().go(self.callback, task.value)
+
+
+def _default_pool() -> Pool:
+    from ggopool._default import default_pool  # _default imports _pool, which imports us
+
+    return default_pool()
+
+
+class _Failure:
+    """An exception on its way to the reader of an `IMap`."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_DONE = _Failure(StopIteration())
+
+#: A gevent Semaphore's counter is a C int.
+_SEMAPHORE_MAX = 2**31 - 1
+_MISSING = object()
+
+
+class IMap(Generic[T]):
+    """The iterator `Pool.imap` and `Pool.imap_unordered` return.
+
+    Its greenlet reads the input until the input ends: an endless input is read for as
+    long as the results are taken (``maxsize``) or until `kill`.
+
+    ``queue`` holds the results that finished and were not yet read (in ``imap``, those
+    read out of order wait apart), as in gevent's ``IMapUnordered``.
+    """
+
+    def __init__(
+        self,
+        pool: GeventPoolMixin,
+        fn: Callable[..., T],
+        iterables: tuple[Iterable[Any], ...],
+        maxsize: int | None,
+        ordered: bool,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        if maxsize is not None:
+            check_int_at_least("maxsize", maxsize, 1)
+        # zip() calls iter() on each now: a non-iterable raises TypeError in the caller.
+        items = zip(*iterables, strict=False)
+        self.queue: UnboundQueue[Any] = UnboundQueue()
+        self._ordered = ordered
+        self._pending: dict[int, Any] = {}  # imap: results that came in before their turn
+        self._next_index = 0
+        self._unread = None if maxsize is None else Semaphore(maxsize)
+        # The reading greenlet keeps at most cap of its tasks queued or running (a cap
+        # beyond what a gevent Semaphore counts bounds nothing anyway).
+        cap = pool._cap
+        self._outstanding = Semaphore(cap) if cap < _SEMAPHORE_MAX else DummySemaphore()
+        self._running = 0  # its tasks spawned and not finished
+        self._input_done = False
+        self._end_index = 0  # imap: the index of the end, once the input is done
+        self._finished = False  # the reader has had StopIteration
+        self._feeder = spawn_raw(self._feed, pool, fn, items)
+
+    def __iter__(self) -> IMap[T]:
+        return self
+
+    def kill(self) -> None:
+        """Read no more of the input (gevent's IMap is a greenlet, which ``kill`` ends);
+        the tasks already spawned run on, and their results are still yielded."""
+        if not self._input_done:
+            gevent_kill(self._feeder)
+
+    def __next__(self) -> T:
+        if self._finished:
+            raise StopIteration
+        if self._unread is not None:
+            self._unread.release()
+        if self._ordered:
+            value = self._pending.pop(self._next_index, _MISSING)
+            while value is _MISSING:
+                index, value = self.queue.get()
+                if index != self._next_index:
+                    self._pending[index] = value
+                    value = _MISSING
+            self._next_index += 1
+        else:
+            value = self.queue.get()
+        if isinstance(value, _Failure):
+            if value is _DONE:
+                self._finished = True
+                raise StopIteration
+            raise value.exc
+        return value  # type: ignore[no-any-return]
+
+    def _feed(
+        self, pool: GeventPoolMixin, fn: Callable[..., T], items: Iterator[tuple[Any, ...]]
+    ) -> None:
+        # Runs in a greenlet of its own, so that the reader gets results while the input
+        # is read (gevent's IMap is a greenlet too).
+        index = 0
+        unread = self._unread
+        outstanding = self._outstanding
+        try:
+            wait = pool._config.spawn_waits_when_full
+            while True:
+                # Room first, then the next item: an item read is never dropped (by a
+                # kill() while waiting for room, say).
+                if unread is not None:
+                    unread.acquire()
+                outstanding.acquire()
+                try:
+                    if wait:
+                        pool._wait_for_room(True, None)
+                    xs = next(items)
+                    task = pool._spawn(fn, xs, {}, False, False)
+                except BaseException:
+                    outstanding.release()
+                    if unread is not None:
+                        unread.release()
+                    raise
+                self._running += 1
+                task._add_hook(_Collect(self, index))
+                index += 1
+        except (StopIteration, GreenletExit):
+            pass  # the end of the input, or kill(): what was spawned is still yielded
+        except BaseException as exc:  # noqa: BLE001 - the reader gets it, after the items before it
+            self._put(index, _Failure(exc))
+            index += 1
+        self._end_index = index
+        self._input_done = True
+        if self._running == 0:
+            self._put(index, _DONE)
+
+    def _put(self, index: int, value: Any) -> None:
+        self.queue.put((index, value) if self._ordered else value)
+
+    def _on_result(self, index: int, task: Task[T]) -> None:
+        self._running -= 1
+        self._outstanding.release()
+        if task.successful():
+            self._put(index, task.value)
+        else:
+            exc = task.exception
+            assert exc is not None
+            self._put(index, _Failure(exc))
+        if self._input_done and self._running == 0:
+            self._put(self._end_index, _DONE)
+
+
+class _Collect:
+    """The hook that hands one task's outcome to its `IMap`."""
+
+    __slots__ = ("imap", "index")
+
+    def __init__(self, imap: IMap[Any], index: int) -> None:
+        self.imap = imap
+        self.index = index
+
+    def __call__(self, task: Task[Any]) -> None:
+        self.imap._on_result(self.index, task)
