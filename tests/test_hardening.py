@@ -265,8 +265,9 @@ def test_cancel_of_task_whose_repr_raises_makes_it_ready() -> None:
     for task in (cancelled, grouped):
         with pytest.raises(TaskCancelled):
             task.get(block=False)
-    # Killed before it ran: gevent's outcome for a greenlet killed before it started.
+    # Killed before it started: the kill's outcome, as for a gevent.Greenlet killed then.
     assert isinstance(killed.get(block=False), GreenletExit)
+    assert killed.successful()
     with must_not_hang("TaskGroup.wait()"):
         assert group.wait() is True
     assert check_counts(pool).cancelled == 3
