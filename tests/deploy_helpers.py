@@ -157,6 +157,22 @@ def start_app(*options: str, env: dict[str, str] | None = None) -> tuple[Proc, s
     return proc, match.group(1)
 
 
+def gunicorn_args(*options: str) -> list[str]:
+    """``gunicorn -k gevent -w 2 --preload`` serving the load-test app with its config, on a
+    free port of 127.0.0.1; ``options`` go before the app."""
+    args = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "--preload"]
+    args += ["-b", f"{LOOPBACK}:0", "-c", "python:loadtests.gunicorn_conf", *options]
+    return [*args, "loadtests.app:app"]
+
+
+def gunicorn_booted(proc: Proc) -> tuple[str, int, set[int]]:
+    """Wait until gunicorn's master listens and both workers have booted: its url, the
+    master's pid and the workers' pids."""
+    [listening] = proc.wait_for(r"Listening at: (http://127\.0\.0\.1:\d+) \((\d+)\)", 20)
+    booted = proc.wait_for(r"Booting worker with pid: (\d+)", 20, count=2)
+    return listening.group(1), int(listening.group(2)), {int(m.group(1)) for m in booted}
+
+
 def client(base_url: str, concurrency: int = 1) -> HTTPClient:
     return HTTPClient.from_url(
         base_url, concurrency=concurrency, connection_timeout=5.0, network_timeout=15.0

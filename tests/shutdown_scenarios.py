@@ -37,6 +37,8 @@ from tests.deploy_helpers import (
     Proc,
     audit_records,
     client,
+    gunicorn_args,
+    gunicorn_booted,
     request_json,
     subprocess_env,
     wait_until,
@@ -209,17 +211,13 @@ def wait_serving(g: Gunicorn, timeout: float = 30) -> set[int]:
 def start_gunicorn(env: dict[str, str], *options: str) -> Gunicorn:
     """``gunicorn -k gevent -w 2 --preload`` with the load-test app and its config, once
     both workers serve."""
-    args = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "--preload"]
-    args += ["-b", f"{LOOPBACK}:0", "-c", "python:loadtests.gunicorn_conf", *options]
-    proc = Proc([*args, "loadtests.app:app"], env)
+    proc = Proc(gunicorn_args(*options), env)
     try:
-        [listening] = proc.wait_for(r"Listening at: (http://127\.0\.0\.1:\d+) \((\d+)\)", 20)
-        booted = proc.wait_for(r"Booting worker with pid: (\d+)", 20, count=2)
+        url, master, workers = gunicorn_booted(proc)
     except BaseException:
         proc.stop()
         raise
-    url, master = listening.group(1), int(listening.group(2))
-    g = Gunicorn(proc, url, master, {int(m.group(1)) for m in booted})
+    g = Gunicorn(proc, url, master, workers)
     try:
         wait_serving(g)
     except BaseException:

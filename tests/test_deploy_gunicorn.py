@@ -3,7 +3,6 @@ worker processes, each order's background tasks run once, and the master runs no
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,8 @@ from tests.deploy_helpers import (
     WebhookReceiver,
     audit_records,
     client,
+    gunicorn_args,
+    gunicorn_booted,
     request_json,
     running,
     subprocess_env,
@@ -33,28 +34,9 @@ def test_gunicorn_preload_spreads_requests_and_runs_each_task_once(tmp_path: Pat
             LOADTESTS_WEBHOOK_URL=receiver.url,
             XDG_RUNTIME_DIR=str(tmp_path),
         )
-        args = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-k",
-            "gevent",
-            "-w",
-            "2",
-            "--preload",
-            "-b",
-            "127.0.0.1:0",
-            "-c",
-            "python:loadtests.gunicorn_conf",
-            "loadtests.app:app",
-        ]
+        args = gunicorn_args()
         with running(args, env) as gunicorn:
-            [listening] = gunicorn.wait_for(
-                r"Listening at: (http://127\.0\.0\.1:\d+) \((\d+)\)", timeout=20
-            )
-            url, master_pid = listening.group(1), int(listening.group(2))
-            booted = gunicorn.wait_for(r"Booting worker with pid: (\d+)", timeout=20, count=2)
-            worker_pids = {int(m.group(1)) for m in booted}
+            url, master_pid, worker_pids = gunicorn_booted(gunicorn)
 
             acks: list[dict[str, Any]] = []
 

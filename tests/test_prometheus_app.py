@@ -16,6 +16,8 @@ import ggopool
 from tests.deploy_helpers import (
     Proc,
     client,
+    gunicorn_args,
+    gunicorn_booted,
     request_json,
     running,
     settled,
@@ -141,28 +143,9 @@ def test_metrics_list_every_pool_of_every_worker_with_the_values_of_its_stats(
     directory.mkdir()
     # gunicorn >= 25.1 opens a control socket in $XDG_RUNTIME_DIR: this test's in its tmp dir.
     env = subprocess_env(PROMETHEUS_MULTIPROC_DIR=str(directory), XDG_RUNTIME_DIR=str(tmp_path))
-    args = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-k",
-        "gevent",
-        "-w",
-        "2",
-        "--preload",
-        "-b",
-        "127.0.0.1:0",
-        "-c",
-        "python:loadtests.gunicorn_conf",
-        "loadtests.app:app",
-    ]
+    args = gunicorn_args()
     with running(args, env) as gunicorn:
-        [listening] = gunicorn.wait_for(
-            r"Listening at: (http://127\.0\.0\.1:\d+) \((\d+)\)", timeout=20
-        )
-        url, master_pid = listening.group(1), int(listening.group(2))
-        booted = gunicorn.wait_for(r"Booting worker with pid: (\d+)", timeout=20, count=2)
-        workers = {int(m.group(1)) for m in booted}
+        url, master_pid, workers = gunicorn_booted(gunicorn)
 
         locust = Proc(
             [
