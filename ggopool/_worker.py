@@ -47,17 +47,15 @@ class Worker(RawGreenlet):
 def work(pool: Pool, me: Worker, generation: int) -> None:
     """The body of a worker greenlet.
 
-    ``generation`` is the pool's when the worker was started; it changes only in a forked
-    child (or when the pool's hub was destroyed), where a worker left over from before
-    sees it differ and leaves without touching the pool.
+    `Pool._start_workers` makes the greenlet and switches into it in one step, after
+    checking the pool's generation and queue, so nothing (a fork, a set_cap) can come
+    between its start and this. ``generation`` is the pool's then; it changes only in a
+    forked child (or when the pool's hub was destroyed), where a worker left over from
+    before sees it differ and leaves without touching the pool.
     """
-    if pool._generation != generation:
-        return
     try:
         pool._starting -= 1
         me.state = RUNNING
-        if pool._workers > pool._cap:
-            return  # started before set_cap lowered the cap: leave before taking a task
         _run(pool, me, generation)
     except GreenletExit:
         pass  # killed (gevent.kill, Pool.kill, greenlet.throw): the worker ends
