@@ -196,6 +196,47 @@ def stats(http: HTTPClient) -> dict[str, Any]:
     return payload
 
 
+def answer_from_each_worker(
+    url: str,
+    pids: set[int],
+    method: str,
+    path: str,
+    body: object | None = None,
+    timeout: float = 30.0,
+) -> dict[int, Any]:
+    """Send ``method path`` on fresh connections until every process in ``pids`` has
+    answered, and return the last answer of each (a JSON object with its ``pid``).
+
+    The kernel hands each new connection to whichever gunicorn worker accepts first, and a
+    loaded machine can favour one worker for many connections in a row: each round sends
+    several requests at once so that every worker's accept loop wakes, and rounds go on
+    until the deadline, never for a fixed count."""
+    found: dict[int, Any] = {}
+
+    def ask() -> None:
+        http = client(url)
+        try:
+            status, answer = request_json(http, method, path, body)
+        finally:
+            http.close()
+        assert status in (200, 202), answer
+        found[answer["pid"]] = answer
+
+    def everyone() -> bool:
+        gevent.joinall([gevent.spawn(ask) for _ in range(ROUND)], raise_error=True)
+        return pids <= set(found)
+
+    try:
+        wait_until(everyone, timeout, f"{method} {path} to reach every worker of {sorted(pids)}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}: only {sorted(found)} answered") from None
+    return {pid: found[pid] for pid in pids}
+
+
+#: Requests sent at once in each round of answer_from_each_worker.
+ROUND = 8
+
+
 def settled(s: dict[str, Any]) -> bool:
     """True when every pool of one process's stats has run all it was given."""
     return all(

@@ -15,6 +15,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 import ggopool
 from tests.deploy_helpers import (
     Proc,
+    answer_from_each_worker,
     client,
     gunicorn_args,
     gunicorn_booted,
@@ -37,7 +38,6 @@ from tests.prometheus_helpers import (
 
 POOLS = ("background", "fanout", "ggopool.DefaultPool")
 MEASURED = ("background", "fanout")  # the app instruments these two
-REQUESTS = 40  # at most, on fresh connections, to reach both workers
 
 
 def fresh(url: str, method: str, path: str, body: object | None = None) -> tuple[int, Any]:
@@ -51,17 +51,7 @@ def fresh(url: str, method: str, path: str, body: object | None = None) -> tuple
 
 def stats_of_each_worker(url: str, pids: set[int]) -> dict[int, dict[str, Any]]:
     """One /stats answer from every worker (each answers for itself)."""
-    found: dict[int, dict[str, Any]] = {}
-    for _ in range(REQUESTS):
-        http = client(url)
-        try:
-            s = stats(http)
-        finally:
-            http.close()
-        found[s["pid"]] = s
-        if set(found) == pids:
-            return found
-    raise AssertionError(f"/stats reached only {sorted(found)} of {sorted(pids)}")
+    return answer_from_each_worker(url, pids, "GET", "/stats")
 
 
 def scrape_metrics(url: str) -> Scrape:
@@ -173,14 +163,8 @@ def test_metrics_list_every_pool_of_every_worker_with_the_values_of_its_stats(
         finally:
             locust.stop()
         # Locust's users keep their connections: make sure both workers took orders.
-        served: set[int] = set()
-        for _ in range(REQUESTS):
-            status, ack = fresh(url, "POST", "/orders", {"sku": "M", "qty": 1})
-            assert status == 202, ack
-            served.add(ack["pid"])
-            if served == workers:
-                break
-        assert served == workers
+        acks = answer_from_each_worker(url, workers, "POST", "/orders", {"sku": "M", "qty": 1})
+        assert set(acks) == workers
 
         def quiet() -> dict[int, dict[str, Any]] | None:
             by_pid = stats_of_each_worker(url, workers)
