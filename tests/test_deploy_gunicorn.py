@@ -21,7 +21,7 @@ from tests.deploy_helpers import (
 )
 
 CLIENTS = 20
-ROUNDS = 10  # at most; the test stops sending once both workers have answered
+ROUNDS = 50  # at most; the test stops sending once both workers have answered
 
 
 def test_gunicorn_preload_spreads_requests_and_runs_each_task_once(tmp_path: Path) -> None:
@@ -50,10 +50,14 @@ def test_gunicorn_preload_spreads_requests_and_runs_each_task_once(tmp_path: Pat
                 finally:
                     http.close()
 
-            for _ in range(ROUNDS):
+            def both_served() -> bool:
+                # The kernel hands each connection to whichever worker accepts first:
+                # rounds go on until both have taken orders (bounded by time and rounds).
+                assert len(acks) < ROUNDS * CLIENTS, "orders did not reach both workers"
                 gevent.joinall([gevent.spawn(shopper, i) for i in range(CLIENTS)], raise_error=True)
-                if {ack["pid"] for ack in acks} == worker_pids:
-                    break
+                return {ack["pid"] for ack in acks} == worker_pids
+
+            wait_until(both_served, timeout=30, what="orders to reach both workers")
             ids = {ack["order_id"] for ack in acks}
 
             def all_done() -> bool:
