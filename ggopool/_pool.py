@@ -94,8 +94,9 @@ class Pool(GeventPoolMixin):
       which raises them in the main greenlet. A worker killed with ``GreenletExit`` ends;
       another takes the queue.
     * Threads: a pool belongs to the thread that made it; its workers run on that
-      thread's hub. ``go``, ``ctx_go``, ``submit``, ``try_go`` and ``set_cap`` from any
-      other thread hand the call over to it (``loop.run_callback_threadsafe``); such a
+      thread's hub. ``go``, ``ctx_go``, ``submit``, ``try_go``, ``spawn`` and ``set_cap``
+      (and ``ggopool.spawn_later``) from any other thread hand the call over to it
+      (``loop.run_callback_threadsafe``); such a
       task is accepted when handed over, so a later ``close()`` or a full queue does not
       refuse it, and ``join()`` and ``stats()`` count it from then on. The other methods
       belong to the pool's thread.
@@ -347,6 +348,14 @@ class Pool(GeventPoolMixin):
         self._submitted += 1
         if self._should_add_worker():
             self._add_worker()
+
+    def _in_own_thread(self, fn: Callable[..., object], *args: Any) -> None:
+        """``fn(*args)`` now if called from the pool's thread; else handed over to its hub,
+        which runs it soon (its loop's timers and watchers belong to that thread)."""
+        if _get_ident() == self._ident:
+            fn(*args)
+        else:
+            self._hub.loop.run_callback_threadsafe(fn, *args)
 
     def _hand_over(self, task: Entry) -> None:
         """Queue a task from another thread on the pool's own hub thread."""

@@ -532,6 +532,11 @@ class Task(_TaskBase, Generic[T]):
     def _queue_later(self, seconds: float) -> None:
         """Queue the task on its pool in ``seconds`` (``ggopool.spawn_later``)."""
         self._state = _LATER
+        self._pool._in_own_thread(self._start_later, seconds)
+
+    def _start_later(self, seconds: float) -> None:
+        if self._state is not _LATER:
+            return  # killed or cancelled before the hub got to it
         timer = self._pool._hub.loop.timer(seconds)
         self._later = timer
         timer.start(self._queue_now)

@@ -253,3 +253,27 @@ def test_workers_whose_start_or_wake_up_was_pending_at_the_fork_stay_out_of_the_
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["status", "0", "[0,", "1,", "2]"], out.stdout
+
+
+def test_spawn_later_from_another_thread_starts_its_timer_on_the_pools_hub() -> None:
+    ran: list[int] = []
+    done = Event()
+    handles: list[ggopool.Task[None]] = []
+
+    def record() -> None:
+        ran.append(real_get_ident())
+        done.set()
+
+    def other_thread() -> None:
+        handles.append(ggopool.spawn_later(0.01, record))
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    # The hub waits in its loop while the thread asks: only a hand-over wakes it to start
+    # the timer (a timer made from the other thread would wait for this wait's own).
+    assert done.wait(5)
+    t.join(10)
+    assert ran == [real_get_ident()]
+    [task] = handles
+    assert task.get(timeout=5) is None
+    assert task.successful()
