@@ -14,6 +14,10 @@ start-up work. (Without this hook the app makes them on its first request.)
 (SIGTERM, SIGQUIT, SIGINT, a reload, ``--max-requests``) closes its server, finishes its
 requests, then drains its pools for up to ``LOADTESTS_DRAIN_TIMEOUT`` seconds (unset:
 ggopool's exit drain default, 5 s) and logs what it abandons.
+
+``child_exit`` runs in the master when a worker has exited: with
+``PROMETHEUS_MULTIPROC_DIR`` set, it removes that worker's gauges from the directory
+(prometheus_client's ``mark_process_dead``); its counts stay in the sums.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import ggopool
 from ggopool.gunicorn import worker_exit, worker_int
 from loadtests.app import start_worker_process
 
-__all__ = ["post_fork", "post_worker_init", "worker_exit", "worker_int"]
+__all__ = ["child_exit", "post_fork", "post_worker_init", "worker_exit", "worker_int"]
 
 if os.environ.get("LOADTESTS_DRAIN_TIMEOUT"):
     ggopool.set_exit_drain(float(os.environ["LOADTESTS_DRAIN_TIMEOUT"]))
@@ -40,3 +44,10 @@ def post_worker_init(worker: Any) -> None:
     # forwards to it now is obeyed (one that came earlier met the master's handlers,
     # copied by the fork, and was lost). Tests wait for this line before they signal.
     worker.log.info("Worker ready (pid: %s)", worker.pid)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

@@ -4,6 +4,8 @@ every pool of every worker process, each value checked against that process's ``
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -237,6 +239,31 @@ def test_metrics_list_every_pool_of_every_worker_with_the_values_of_its_stats(
                 assert counted["submitted"] == s["pool_stats"][pool]["submitted"]
                 assert counted["completed"] == s["pool_stats"][pool]["completed"]
                 assert counted["failed"] == s["pool_stats"][pool]["failed"] == 0
+
+        # A worker that exits: the master's child_exit hook removes its gauges, and its
+        # counts stay in the sums. The master boots a worker in its place.
+        gone = min(workers)
+        os.kill(gone, signal.SIGTERM)
+        booted = gunicorn.wait_for(r"Booting worker with pid: (\d+)", 30, count=3)
+        new = int(booted[2].group(1))
+        workers = workers - {gone} | {new}
+        assert gone not in workers
+        # Stopped before it has its own signal handlers, it would miss the master's TERM.
+        gunicorn.wait_for(rf"Worker ready \(pid: {new}\)", 30)
+
+        def forgotten() -> Scrape | None:
+            scrape = scrape_metrics(url)
+            pids = {labels["pid"] for labels in scrape.labels("ggopool_workers")}
+            return scrape if str(gone) not in pids else None
+
+        after = wait_until(forgotten, timeout=15, what=f"the gauges of worker {gone} to go")
+        alive = {labels["pid"] for labels in after.labels("ggopool_workers")}
+        assert alive <= {str(pid) for pid in workers}
+        for pool in MEASURED:
+            # Counters only grow: the gone worker's counts are still in the sums.
+            got = after.samples["ggopool_tasks_submitted_total"].get((("pool", pool),))
+            assert got is not None
+            assert got >= by_pid[gone]["pool_stats"][pool]["submitted"]
 
         gunicorn.stop()
         assert gunicorn.popen.returncode == 0, gunicorn.output
