@@ -124,9 +124,12 @@ def test_gunicorn_max_requests_recycling_drains_each_recycled_worker(tmp_path: P
         finally:
             g.proc.stop()
         result = outcome(tmp_path, orders, receiver, g.proc.output)
-    assert g.proc.output.count("Autorestarting worker after current request") >= 2
-    assert result.accepted == ORDERS * 2
-    assert result.errors == result.lost == result.duplicates == result.abandoned == 0
+    assert result.accepted == ORDERS * 2, (result, g.proc.output)
+    assert result.errors == result.lost == result.duplicates == result.abandoned == 0, result
+    assert g.proc.output.count("Autorestarting worker after current request") >= 2, (
+        result,
+        g.proc.output,
+    )
     assert result.warmups == g.proc.output.count("Booting worker with pid")
     assert result.ran == result.tasks
 
