@@ -196,6 +196,16 @@ def stats(http: HTTPClient) -> dict[str, Any]:
     return payload
 
 
+def fresh(url: str, method: str, path: str, body: object | None = None) -> tuple[int, Any]:
+    """One request on a connection of its own (keep-alive would pin the client to one
+    gunicorn worker): the status and the JSON body of the answer."""
+    http = client(url)
+    try:
+        return request_json(http, method, path, body)
+    finally:
+        http.close()
+
+
 def answer_from_each_worker(
     url: str,
     pids: set[int],
@@ -214,11 +224,7 @@ def answer_from_each_worker(
     found: dict[int, Any] = {}
 
     def ask() -> None:
-        http = client(url)
-        try:
-            status, answer = request_json(http, method, path, body)
-        finally:
-            http.close()
+        status, answer = fresh(url, method, path, body)
         assert status in (200, 202), answer
         found[answer["pid"]] = answer
 

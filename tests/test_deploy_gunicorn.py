@@ -11,10 +11,9 @@ import gevent
 from tests.deploy_helpers import (
     WebhookReceiver,
     audit_records,
-    client,
+    fresh,
     gunicorn_args,
     gunicorn_booted,
-    request_json,
     running,
     subprocess_env,
     wait_until,
@@ -41,14 +40,9 @@ def test_gunicorn_preload_spreads_requests_and_runs_each_task_once(tmp_path: Pat
             acks: list[dict[str, Any]] = []
 
             def shopper(i: int) -> None:
-                # A connection per order: keep-alive would pin a client to one worker.
-                http = client(url)
-                try:
-                    status, ack = request_json(http, "POST", "/orders", {"sku": "G", "qty": 1})
-                    assert status == 202, ack
-                    acks.append(ack)
-                finally:
-                    http.close()
+                status, ack = fresh(url, "POST", "/orders", {"sku": "G", "qty": 1})
+                assert status == 202, ack
+                acks.append(ack)
 
             def both_served() -> bool:
                 # The kernel hands each connection to whichever worker accepts first:

@@ -19,9 +19,9 @@ from tests.deploy_helpers import (
     Proc,
     answer_from_each_worker,
     client,
+    fresh,
     gunicorn_args,
     gunicorn_booted,
-    request_json,
     running,
     settled,
     start_app,
@@ -40,15 +40,6 @@ from tests.prometheus_helpers import (
 
 POOLS = ("background", "fanout", "ggopool.DefaultPool")
 MEASURED = ("background", "fanout")  # the app instruments these two
-
-
-def fresh(url: str, method: str, path: str, body: object | None = None) -> tuple[int, Any]:
-    # A connection per request: keep-alive would pin the client to one worker.
-    http = client(url)
-    try:
-        return request_json(http, method, path, body)
-    finally:
-        http.close()
 
 
 def stats_of_each_worker(url: str, pids: set[int]) -> dict[int, dict[str, Any]]:
