@@ -890,3 +890,34 @@ def test_pool_kill_returns_promptly_with_no_idle_timeout() -> None:
     assert check_counts(pool).workers == 0
     assert pool.closed is False  # killed, not closed: it goes on
     runs_next_task(pool)
+
+
+def test_every_finish_hook_runs_in_order_and_one_that_raises_is_reported(
+    hub_errors: HubErrors,
+) -> None:
+    # What a task calls as it finishes (its pool's membership, a group, an apply_async
+    # callback...): kept as one hook, then as a list, and each runs even if one raises.
+    pool = ggopool.new_pool("hooks", 1)
+    gate = Event()
+    task = pool.submit(gate.wait)
+    called: list[str] = []
+
+    def broken(t: ggopool.Task[Any]) -> None:
+        called.append("broken")
+        raise ValueError("hook")
+
+    task._add_hook(lambda t: called.append("first"))
+    task._add_hook(broken)
+    task._add_hook(lambda t: called.append("third"))
+    gevent.idle()
+    assert called == []  # held on the gate
+    gate.set()
+    assert task.get(timeout=5) is True
+    assert called == ["first", "broken", "third"]
+    [(context, kind, value)] = hub_errors.take()
+    assert context is task
+    assert kind is ValueError
+    assert str(value) == "hook"
+    # A hook added once the task is done runs at once.
+    task._add_hook(lambda t: called.append("late"))
+    assert called[-1] == "late"

@@ -277,3 +277,19 @@ def test_spawn_later_from_another_thread_starts_its_timer_on_the_pools_hub() -> 
     [task] = handles
     assert task.get(timeout=5) is None
     assert task.successful()
+
+
+def test_spawn_later_from_another_thread_killed_before_the_hub_starts_its_timer() -> None:
+    ran: list[int] = []
+    handles: list[ggopool.Task[None]] = []
+    t = threading.Thread(target=lambda: handles.append(ggopool.spawn_later(0, ran.append, 1)))
+    t.start()
+    t.join(10)  # a real join: the hub does not run meanwhile, so the timer is not made yet
+    [task] = handles
+    task.kill()  # from the pool's thread, before the hub takes the hand-over
+    assert task.dead
+    gevent.idle()  # the hand-over runs
+    gevent.idle()  # and a timer of 0 s would have fired
+    assert ran == []
+    assert task.successful()
+    assert isinstance(task.value, gevent.GreenletExit)
