@@ -61,7 +61,7 @@ from ggopool.bench.workloads import BODIES
 
 #: How long the two modes take on the shared 2-core machine docs/benchmark.md describes.
 FULL_DURATION = "10-16 min on a 2-core machine"
-QUICK_DURATION = "about 1.5-2.5 min on a 2-core machine"
+QUICK_DURATION = "1-2.5 min on a 2-core machine"
 
 
 def _ints(text: str) -> tuple[int, ...]:
