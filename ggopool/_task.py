@@ -580,15 +580,23 @@ class Task(_TaskBase, Generic[T]):
         up to ``timeout`` seconds until it is done. Never raises, as gevent's (but for a
         bad ``timeout``, refused before anything happens)."""
         timeout = _check_wait_timeout(timeout)
-        if self._maybe_kill_before_start(exception) or self._state is not _RUNNING:
+        if not self._aim_kill(exception):
             return
+        self._pool._hub.loop.run_callback(self._throw_kill)
+        if block:
+            self.join(timeout)
+
+    def _aim_kill(self, exception: object) -> bool:
+        """The part `kill` and `throw` share: a queued task is killed now; a running one is
+        given ``exception`` to end with, raised at once if the task is killing itself.
+        True if it must still be thrown into the task's greenlet."""
+        if self._maybe_kill_before_start(exception) or self._state is not _RUNNING:
+            return False
         if self._kill_exc is None:
             self._kill_exc = as_exception(exception)
         if getcurrent() is self._greenlet:
             raise self._kill_exc
-        self._pool._hub.loop.run_callback(self._throw_kill)
-        if block:
-            self.join(timeout)
+        return True
 
     def _maybe_kill_before_start(self, exception: object) -> bool:
         """Kill the task now if it is still queued (``gevent.killall`` calls this first, so
@@ -612,13 +620,8 @@ class Task(_TaskBase, Generic[T]):
         """Raise an exception in the task now (from the hub, as ``gevent.killall`` does):
         a queued task is killed before it starts, a running one gets it at once."""
         exception: object = args if len(args) == 3 else (args[0] if args else GreenletExit)
-        if self._maybe_kill_before_start(exception) or self._state is not _RUNNING:
-            return
-        if self._kill_exc is None:
-            self._kill_exc = as_exception(exception)
-        if getcurrent() is self._greenlet:
-            raise self._kill_exc
-        self._throw_kill()
+        if self._aim_kill(exception):
+            self._throw_kill()
 
     def start(self) -> None:
         """Does nothing: a task is queued when it is made (kept for code written for a
