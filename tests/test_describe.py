@@ -9,14 +9,7 @@ from typing import Any
 import pytest
 
 from ggopool._describe import callable_name, describe_call, plain, short_repr
-
-
-class BrokenRepr:
-    def __repr__(self) -> str:
-        raise RuntimeError("repr is broken")
-
-    def method(self) -> None:
-        """A bound method of an object whose repr raises (a detached ORM row's, say)."""
+from tests.faulty import BrokenRepr
 
 
 class BrokenName:

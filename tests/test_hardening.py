@@ -29,6 +29,7 @@ from greenlet import GreenletExit
 import ggopool
 from ggopool import Config, FailedTask, TaskCancelled
 from tests.conftest import HubErrors
+from tests.faulty import BrokenRepr, BrokenReprError, recurse
 
 #: How long a wait that hangs on a broken pool is given before the test fails.
 HANG = 5.0
@@ -40,29 +41,8 @@ def must_not_hang(what: str) -> Iterator[None]:
         yield
 
 
-class BrokenRepr:
-    """An object whose repr raises, as a detached ORM row's does."""
-
-    def __repr__(self) -> str:
-        raise RuntimeError("repr is broken")
-
-
-class BrokenReprError(Exception):
-    """An exception whose repr and str raise."""
-
-    def __repr__(self) -> str:
-        raise RuntimeError("repr is broken")
-
-    def __str__(self) -> str:
-        raise RuntimeError("str is broken")
-
-
 def fail(*args: object) -> NoReturn:
     raise ValueError("task failed")
-
-
-def recurse(n: int) -> int:
-    return recurse(n + 1) + 1
 
 
 def check_counts(pool: ggopool.Pool) -> ggopool.PoolStats:
@@ -90,6 +70,20 @@ def worker_of(pool: ggopool.Pool) -> Any:
         worker = task.get()
     gevent.idle()
     return worker
+
+
+def go_leaving_a_timeout(pool: ggopool.Pool) -> list[gevent.Timeout]:
+    """Queue a task that starts a 0 s Timeout and returns without cancelling it: once the
+    task has run, the list holds that Timeout, which fires into whatever its worker does
+    next."""
+    left: list[gevent.Timeout] = []
+
+    def leave_a_timeout() -> None:
+        left.append(gevent.Timeout(0))
+        left[0].start()
+
+    pool.go(leave_a_timeout)
+    return left
 
 
 def take_one(hub_errors: HubErrors, pool: ggopool.Pool, type_: type[BaseException]) -> Any:
@@ -773,13 +767,7 @@ def test_timeout_a_task_left_running_ends_its_parked_worker_cleanly(
     hub_errors: HubErrors,
 ) -> None:
     pool = ggopool.new_pool("leak", 1, Config(idle_timeout=None))
-    left: list[gevent.Timeout] = []
-
-    def leave_a_timeout() -> None:
-        left.append(gevent.Timeout(0))
-        left[0].start()
-
-    pool.go(leave_a_timeout)
+    left = go_leaving_a_timeout(pool)
     gevent.idle()
     assert pool.stats().idle == 1
     fired(left[0])  # lands in the parked worker
@@ -811,14 +799,8 @@ def test_timeout_a_task_left_running_hits_the_next_task_on_that_worker(
     # The documented hazard: unlike a greenlet of its own, a worker runs the next task,
     # and a Timeout the previous task started and never cancelled fires into it.
     pool = ggopool.new_pool("leak", 1, Config(idle_timeout=None))
-    left: list[gevent.Timeout] = []
     gate = Event()
-
-    def leave_a_timeout() -> None:
-        left.append(gevent.Timeout(0))
-        left[0].start()
-
-    pool.go(leave_a_timeout)
+    left = go_leaving_a_timeout(pool)
     victim = pool.submit(gate.wait)  # runs next, on the same worker
     bystander = pool.submit(lambda: "unaffected")
     gevent.idle()
@@ -842,14 +824,8 @@ def test_go_task_hit_by_a_timeout_a_previous_task_left_is_reported(
     hub_errors: HubErrors,
 ) -> None:
     pool = ggopool.new_pool("leak", 1, Config(idle_timeout=None))
-    left: list[gevent.Timeout] = []
     gate = Event()
-
-    def leave_a_timeout() -> None:
-        left.append(gevent.Timeout(0))
-        left[0].start()
-
-    pool.go(leave_a_timeout)
+    left = go_leaving_a_timeout(pool)
     pool.go(gate.wait)
     gevent.idle()
     fired(left[0])

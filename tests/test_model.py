@@ -42,6 +42,7 @@ from hypothesis.stateful import (
 import ggopool
 from ggopool import Config, PoolClosed, PoolFull
 from tests.conftest import HubErrors
+from tests.faulty import BrokenRepr, BrokenReprError, recurse
 
 request_id: contextvars.ContextVar[int] = contextvars.ContextVar("model_request_id", default=-1)
 
@@ -89,28 +90,6 @@ class Rec:
 
     def __repr__(self) -> str:
         return f"<task {self.ident} {self.kind} via {self.via}: {self.state}>"
-
-
-class BrokenRepr:
-    """An argument whose repr raises, as a detached ORM row's does: the callable that
-    holds it (a functools.partial) has a repr that raises too."""
-
-    def __repr__(self) -> str:
-        raise RuntimeError("repr is broken")
-
-
-class BrokenReprError(Exception):
-    """A task's exception whose repr and str raise."""
-
-    def __repr__(self) -> str:
-        raise RuntimeError("repr is broken")
-
-    def __str__(self) -> str:
-        raise RuntimeError("str is broken")
-
-
-def recurse(n: int) -> int:
-    return recurse(n + 1) + 1
 
 
 def free_list(pool: ggopool.Pool) -> list[Any]:
