@@ -41,6 +41,23 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def imported_with_ggopool(prefix: str) -> list[str]:
+    """The modules whose names start with ``prefix`` that ``import ggopool`` loads, in a
+    fresh interpreter (an optional integration must not load its library unasked)."""
+    check = (
+        f"import sys, ggopool; print(*sorted(m for m in sys.modules if m.startswith({prefix!r})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", check],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    return out.stdout.split()
+
+
 def free_port() -> int:
     """A port free on 127.0.0.1 now (for programs that cannot be told to bind port 0)."""
     with gevent.socket.socket(gevent.socket.AF_INET, gevent.socket.SOCK_STREAM) as sock:

@@ -12,9 +12,13 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from gevent import subprocess
-
-from tests.deploy_helpers import Proc, free_port, running, start_app, subprocess_env
+from tests.deploy_helpers import (
+    Proc,
+    free_port,
+    imported_with_ggopool,
+    running,
+    start_app,
+)
 
 LOCUST = [sys.executable, "-m", "locust"]
 COUNTS = r"(\d+) submitted, (\d+) run, (\d+) failed, (\d+) peak workers"
@@ -52,16 +56,7 @@ def counts(output: str, pattern: str) -> list[tuple[int, int, int, int]]:
 
 
 def test_importing_ggopool_does_not_import_locust() -> None:
-    check = "import sys, ggopool; print(sorted(m for m in sys.modules if m.startswith('locust')))"
-    out = subprocess.run(
-        [sys.executable, "-c", check],
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=True,
-    )
-    assert out.stdout.strip() == "[]"
+    assert imported_with_ggopool("locust") == []
 
 
 def test_headless_run_has_no_failures_and_counts_the_fanned_out_assets(tmp_path: Path) -> None:

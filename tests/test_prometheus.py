@@ -26,7 +26,7 @@ from ggopool.prometheus import (
     multiprocess_mode,
 )
 from tests.conftest import HubErrors
-from tests.deploy_helpers import subprocess_env
+from tests.deploy_helpers import imported_with_ggopool, subprocess_env
 from tests.prometheus_helpers import COUNTERS, GAUGES, WAIT, Scrape, assert_matches_stats
 
 _names = iter(range(1_000_000))
@@ -45,18 +45,7 @@ def scrape(collector: PoolCollector, registry: CollectorRegistry | None = None) 
 
 
 def test_importing_ggopool_does_not_import_prometheus_client() -> None:
-    check = (
-        "import sys, ggopool; print(sorted(m for m in sys.modules if m.startswith('prometheus')))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", check],
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=True,
-    )
-    assert out.stdout.strip() == "[]"
+    assert imported_with_ggopool("prometheus") == []
 
 
 def test_a_scrape_reports_each_pools_stats_as_gauges_and_counters() -> None:
