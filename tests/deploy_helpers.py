@@ -182,6 +182,33 @@ def gunicorn_args(*options: str) -> list[str]:
     return [*args, "loadtests.app:app"]
 
 
+#: Locust, run by this interpreter.
+LOCUST = [sys.executable, "-m", "locust"]
+
+
+def headless(locustfile: str, url: str, run_time: str, *extra: str) -> list[str]:
+    """``locust --headless`` with 10 users against ``url`` for ``run_time``, printing only
+    the summary and exiting 3 on any error; ``extra`` options last."""
+    return [
+        *LOCUST,
+        "-f",
+        locustfile,
+        "--headless",
+        "-u",
+        "10",
+        "-r",
+        "10",
+        "-t",
+        run_time,
+        "-H",
+        url,
+        "--only-summary",
+        "--exit-code-on-error",
+        "3",
+        *extra,
+    ]
+
+
 def gunicorn_booted(proc: Proc) -> tuple[str, int, set[int]]:
     """Wait until gunicorn's master listens and both workers have booted: its url, the
     master's pid and the workers' pids."""

@@ -13,36 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from tests.deploy_helpers import (
+    LOCUST,
     Proc,
     free_port,
+    headless,
     imported_with_ggopool,
     running,
     start_app,
 )
 
-LOCUST = [sys.executable, "-m", "locust"]
 COUNTS = r"(\d+) submitted, (\d+) run, (\d+) failed, (\d+) peak workers"
-
-
-def headless(locustfile: str, url: str, run_time: str, *extra: str) -> list[str]:
-    return [
-        *LOCUST,
-        "-f",
-        locustfile,
-        "--headless",
-        "-u",
-        "10",
-        "-r",
-        "10",
-        "-t",
-        run_time,
-        "-H",
-        url,
-        "--only-summary",
-        "--exit-code-on-error",
-        "3",
-        *extra,
-    ]
 
 
 def entries(json_file: Path) -> dict[str, dict[str, Any]]:

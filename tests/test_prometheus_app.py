@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from tests.deploy_helpers import (
     fresh,
     gunicorn_args,
     gunicorn_booted,
+    headless,
     running,
     settled,
     start_app,
@@ -130,27 +130,7 @@ def test_metrics_list_every_pool_of_every_worker_with_the_values_of_its_stats(
     with running(args, env) as gunicorn:
         url, master_pid, workers = gunicorn_booted(gunicorn)
 
-        locust = Proc(
-            [
-                sys.executable,
-                "-m",
-                "locust",
-                "-f",
-                "loadtests/locustfile.py",
-                "--headless",
-                "-u",
-                "10",
-                "-r",
-                "10",
-                "-t",
-                "3s",
-                "-H",
-                url,
-                "--only-summary",
-                "--exit-code-on-error",
-                "3",
-            ]
-        )
+        locust = Proc(headless("loadtests/locustfile.py", url, "3s"))
         try:
             assert locust.wait(timeout=40) == 0, locust.output
         finally:
