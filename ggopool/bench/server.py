@@ -1,7 +1,8 @@
 """The server workload: a pywsgi server in one process, a load generator in another.
 
 For each way of spawning the server's connections (`SPAWNS`) and each kind of client
-(`MODES`), a fresh server process serves a tiny WSGI app on 127.0.0.1, and a fresh client
+(`MODES`), a fresh server process serves a tiny WSGI app on 127.0.0.1 (TCP_NODELAY on each
+connection, see `_no_delay_handler`), and a fresh client
 process sends it ``requests`` requests from `CONCURRENCY` greenlets: one request per
 connection (``close``), or every request of a greenlet on one connection (``keep-alive``).
 The client times the whole load and, just before and after it, reads the server's CPU time
@@ -82,6 +83,26 @@ def _app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [body]
 
 
+def _no_delay_handler() -> type[Any]:
+    """pywsgi's handler, with TCP_NODELAY on each connection.
+
+    pywsgi sends a response's headers and its body in two writes. Without TCP_NODELAY,
+    Nagle's algorithm holds the body until the client ACKs the headers, and the client
+    delays that ACK (40 ms on Linux): every keep-alive response would wait 40 ms, and the
+    keep-alive rows would measure that timer, not the server.
+    """
+    import socket
+
+    from gevent.pywsgi import WSGIHandler
+
+    class NoDelayHandler(WSGIHandler):
+        def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            super().__init__(sock, *args, **kwargs)
+
+    return NoDelayHandler
+
+
 def serve(spawn: str) -> int:
     """The server process: serve `_app` with ``spawn``; print the port; serve until killed."""
     from gevent.pywsgi import WSGIServer
@@ -100,7 +121,14 @@ def serve(spawn: str) -> int:
         spawn_arg = ggopool.new_pool("connections", POOL_SIZE, config)
     else:
         raise ValueError(f"spawn must be one of {', '.join(SPAWNS)}, got {spawn!r}")
-    server = WSGIServer(("127.0.0.1", 0), _app, spawn=spawn_arg, log=None, backlog=1024)
+    server = WSGIServer(
+        ("127.0.0.1", 0),
+        _app,
+        spawn=spawn_arg,
+        log=None,
+        backlog=1024,
+        handler_class=_no_delay_handler(),
+    )
     server.start()
     print(server.server_port, flush=True)
     server.serve_forever()
