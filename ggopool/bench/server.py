@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -69,6 +68,8 @@ class ServerRow(TypedDict):
 
 
 def _stats() -> bytes:
+    import resource  # Unix only: imported here so that the rest of the bench runs anywhere
+
     from ggopool.bench.rss import peak_rss, rss
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
