@@ -106,7 +106,8 @@ def _memory(ax: Any, results: Results) -> None:
             if row is not None:
                 xs.append(j - 0.4 + width * (i + 0.5))
                 heights.append(row["peak_rss_growth_bytes"] / (1 << 20))
-        ax.bar(xs, heights, width, label=name)
+        bars = ax.bar(xs, heights, width, label=name)
+        ax.bar_label(bars, fmt="%.0f", fontsize=6, padding=1)
     n, cap = rows[0]["n"], rows[0]["cap"]
     ax.set_xticks(range(len(kinds)))
     ax.set_xticklabels(
