@@ -13,7 +13,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import griffe
 import pytest
@@ -102,6 +102,13 @@ def test_a_backtick_name_links_to_its_entry_or_is_reported() -> None:
         "[`Config`][ggopool.Config]; see `Nope` and ``code``."
     )
     assert missing == ["Nope"]
+    # A full path to where a name is defined links to where the page renders it.
+    defined = {
+        "ggopool.gunicorn": SimpleNamespace(canonical_path="ggopool.gunicorn"),
+        "ggopool.gunicorn.Worker": SimpleNamespace(canonical_path="ggopool.gunicorn._w.Worker"),
+    }
+    text, missing = backticks.rewrite("`ggopool.gunicorn._w.Worker`", "ggopool", defined)
+    assert (text, missing) == ("[`ggopool.gunicorn._w.Worker`][ggopool.gunicorn.Worker]", [])
 
 
 def test_a_literal_block_becomes_a_fenced_python_block_left_as_it_is() -> None:

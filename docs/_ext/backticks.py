@@ -48,8 +48,12 @@ def public_objects(pkg: griffe.Module) -> dict[str, Any]:
     def walk(path: str, obj: Any, depth: int) -> None:
         found[path] = obj
         if depth and (obj.is_class or obj.is_module):
+            exports = set(obj.exports or ()) if obj.is_module else set()
             for name, member in _members(obj).items():
-                if _public(name) and not (member.is_alias and obj.is_module):
+                # A module's imported names are its own only if it exports them.
+                if _public(name) and not (
+                    member.is_alias and obj.is_module and name not in exports
+                ):
                     walk(f"{path}.{name}", member, depth - 1)
 
     for name in pkg.exports or ():
@@ -60,8 +64,23 @@ def public_objects(pkg: griffe.Module) -> dict[str, Any]:
     return found
 
 
+def canonical(public: dict[str, Any]) -> dict[str, str]:
+    """Where each object is defined (``ggopool._pool.Pool``) -> where the page renders it."""
+    found: dict[str, str] = {}
+    for path, obj in public.items():
+        try:
+            found.setdefault(obj.canonical_path, path)
+        except (griffe.AliasResolutionError, griffe.CyclicAliasError):
+            continue
+    return found
+
+
 def _resolve(name: str, scope: str, public: dict[str, Any]) -> str | None:
-    """The rendered path ``name`` refers to from inside ``scope``, or None."""
+    """The rendered path ``name`` refers to from inside ``scope``, or None.
+
+    A full dotted path to where an object is defined (``ggopool._pool.Pool``) also resolves,
+    to where the page renders it (``ggopool.Pool``).
+    """
     if name in public:
         return name
     parts = scope.split(".")
@@ -70,7 +89,7 @@ def _resolve(name: str, scope: str, public: dict[str, Any]) -> str | None:
         if candidate in public:
             return candidate
         parts.pop()
-    return None
+    return canonical(public).get(name) if name.startswith("ggopool.") else None
 
 
 def _fence_literal_blocks(text: str) -> str:
