@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m ggopool",
         usage=(
             "python -m ggopool [demo] [-h] [-n TASKS] [--cap CAP]\n"
-            "       python -m ggopool bench [-h] [--quick] [--json] [options]"
+            "       python -m ggopool bench [-h] [--full | --quick] [--plot FILE] [options]"
         ),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -367,7 +367,7 @@ class GeventPoolMixin:
 
         Rules:
 
-        * Until it is started the task is not queued, not `ready`, not ``started`` and
+        * Until it is started the task is not queued, not `Task.ready`, not ``started`` and
           false, as an unstarted greenlet; it is not a member of the pool unless `add`
           was given it.
         * ``task.start()`` queues it on this pool as a member, as `spawn` would have

@@ -17,8 +17,8 @@ from ggopool._task import Task, is_task_runner
 if TYPE_CHECKING:
     from ggopool._pool import Pool
 
-#: ``handler(ctx, exc)``: ctx is the failed task's ``contextvars.Context``.
 PanicHandler = Callable[[contextvars.Context, Exception], object]
+"""A panic handler, ``handler(ctx, exc)``: ctx is the failed task's ``contextvars.Context``."""
 
 
 class FailedTask:

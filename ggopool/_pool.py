@@ -101,7 +101,7 @@ class Pool(GeventPoolMixin):
       refuse it, and ``join()`` and ``stats()`` count it from then on. The other methods
       belong to the pool's thread.
     * Fork: in a forked child every pool starts empty, with no workers, and works; what
-      was queued stays with the parent (see the README's "Deploying").
+      was queued stays with the parent (see docs/deploying.md, "fork").
     """
 
     def __init__(self, name: str, cap: int, config: Config | None = None) -> None:

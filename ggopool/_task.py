@@ -308,7 +308,7 @@ class Task(_TaskBase, Generic[T]):
 
     @property
     def value(self) -> T | None:
-        """The return value (a `GreenletExit` if it was killed), or None if the task is not
+        """The return value (a ``GreenletExit`` if it was killed), or None if the task is not
         done or raised."""
         return cast("T | None", self._value)
 

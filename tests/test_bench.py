@@ -20,11 +20,12 @@ import pytest
 from gevent.event import Event
 
 from ggopool.__main__ import main
+from ggopool.bench.cli import parser, settings_from
 from ggopool.bench.progress import Progress
 from ggopool.bench.report import render
 from ggopool.bench.results import Results, Target, machine
 from ggopool.bench.rounds import ThroughputRow, throughput
-from ggopool.bench.settings import FULL, QUICK
+from ggopool.bench.settings import FULL, HEADLINE, QUICK
 from ggopool.bench.strategies import STRATEGIES, CappedPoolStrategy, FloorStrategy
 from ggopool.bench.targets import targets
 from ggopool.bench.trickle import timed_trickle
@@ -129,9 +130,12 @@ def test_json_throughput_has_ggopool_go_in_every_workload_and_counts_every_task(
             assert all(s > 0 for s in row["seconds"])
             assert row["tasks_per_s"] > 0
             assert row["ratio_to_spawn"] > 0
+            low, high = row["ratio_range"]
+            assert 0 < low <= row["ratio_to_spawn"] <= high
             assert row["errors"] == 0
         spawn = next(r for r in mine if r["strategy"] == "gevent.spawn")
         assert spawn["ratio_to_spawn"] == 1.0
+        assert spawn["ratio_range"] == [1.0, 1.0]
 
 
 def test_json_memory_has_both_figures_for_every_strategy_and_kind(
@@ -213,7 +217,20 @@ def test_json_targets_of_a_quick_run_have_no_verdict(json_run: dict[str, Any]) -
         "pool_event_peak_rss",
     }
     for target in found:
-        assert set(target) == {"id", "target", "measured", "goal", "met", "why_no_verdict"}
+        assert set(target) == {
+            "id",
+            "target",
+            "measured",
+            "range",
+            "goal",
+            "met",
+            "why_no_verdict",
+        }
+        if target["id"].endswith("_throughput"):
+            low, high = target["range"]
+            assert low <= target["measured"] <= high
+        else:
+            assert target["range"] is None  # one measurement: a fresh process, or a spread
         assert target["met"] is None
         assert "(full run: " in target["why_no_verdict"]
     go_noop = found[ids.index("go_noop_throughput")]
@@ -253,7 +270,7 @@ def test_tables_are_well_formed_and_progress_goes_to_stderr() -> None:
     assert out.rstrip().endswith("every task counted: yes")
     found = tables(out)
     assert [t[0] for t in found] == [
-        ["workload", "n", "strategy", "cap", "tasks/s", "x gevent.spawn", "tasks run"],
+        ["workload", "n", "strategy", "cap", "tasks/s", "x gevent.spawn", "range", "tasks run"],
         [
             "kind",
             "n",
@@ -267,13 +284,15 @@ def test_tables_are_well_formed_and_progress_goes_to_stderr() -> None:
         ],
         ["burst", "strategy", "cap", "p50", "p99", "tasks run"],
         ["n", "bursts", "strategy", "cap", "per task", "of which GC", "x cheapest", "tasks run"],
-        ["target", "measured", "goal", "met"],
+        ["target", "measured", "range", "goal", "met"],
     ]
     for table in found:
         assert all(len(row) == len(table[0]) for row in table)
         assert all(re.fullmatch(r"-+:?", cell) for cell in table[1])
     throughput_rows, memory_rows = found[0][2:], found[1][2:]
-    assert [(r[0], r[2], r[3], r[6]) for r in throughput_rows] == [
+    for row in throughput_rows:
+        assert re.fullmatch(r"\d+\.\d+-\d+\.\d+x", row[6]), row
+    assert [(r[0], r[2], r[3], r[7]) for r in throughput_rows] == [
         ("noop", "ggopool.go", "none", "600"),
         ("noop", "ggopool.Pool", "100", "600"),
         ("noop", "gevent.spawn", "none", "600"),
@@ -288,7 +307,7 @@ def test_tables_are_well_formed_and_progress_goes_to_stderr() -> None:
     for row in memory_rows:
         assert re.fullmatch(r"-?[\d,]+\.\d MiB", row[4]), row
         assert re.fullmatch(r"-?[\d,]+\.\d MiB", row[6]), row
-    assert [r[3] for r in found[4][2:]] == ["-"] * (len(found[4]) - 2)
+    assert [r[4] for r in found[4][2:]] == ["-"] * (len(found[4]) - 2)
     assert "No verdict for " in out
     assert "Run without --quick and without size options for verdicts." in " ".join(out.split())
     assert all("MISCOUNT" not in cell for table in found for row in table for cell in row)
@@ -352,6 +371,7 @@ def _row(workload: str, strategy: str, cap: int, ratio: float) -> ThroughputRow:
         complete=True,
         tasks_per_s=1.0,
         ratio_to_spawn=ratio,
+        ratio_range=[ratio * 0.9, ratio * 1.1],
         errors=0,
     )
 
@@ -400,6 +420,15 @@ def test_targets_get_verdicts_only_at_the_full_runs_sizes() -> None:
     results = _results(asdict(QUICK), rows)
     results["targets"] = quick
     assert "No verdict for 4 of 4 targets" in render(results)
+    # The default run has the full run's sizes and more rounds: every verdict stands.
+    headline = targets(_results(asdict(HEADLINE), rows))
+    assert verdicts(headline) == verdicts(full)
+    assert {t["id"]: t["range"] for t in headline}["go_noop_throughput"] == pytest.approx(
+        [4.5, 5.5]
+    )
+    # Fewer rounds than the full run's withhold them.
+    fewer = targets(_results(asdict(replace(FULL, rounds=4)), rows))
+    assert {t["id"]: t["met"] for t in fewer} == dict.fromkeys(verdicts(full))
 
 
 class LossyFloor(FloorStrategy):
@@ -501,3 +530,88 @@ def test_server_table_is_well_formed() -> None:
         ("keep-alive", "ggopool.Pool", "100"),
     ]
     assert [r[3] for r in rows if r[1] == "default"] == ["1.00x", "1.00x"]
+
+
+def test_the_default_run_is_the_headline_and_full_is_todays_complete_run() -> None:
+    assert settings_from(parser().parse_args([])) == HEADLINE
+    assert settings_from(parser().parse_args(["--full"])) == FULL
+    assert settings_from(parser().parse_args(["--quick"])) == QUICK
+    # The headline measures every ggopool.go target at the full run's sizes.
+    assert HEADLINE.strategies == ("ggopool.go", "gevent.spawn")
+    assert HEADLINE.workloads == ("noop", "yield", "trickle", "memory")
+    assert HEADLINE.rounds > FULL.rounds
+    for field in ("tasks", "warmup", "trickle_tasks", "memory_tasks", "memory_after"):
+        assert getattr(HEADLINE, field) == getattr(FULL, field), field
+    proc = bench("--full", "--quick")
+    assert proc.returncode == 2
+    assert "argument --quick: not allowed with argument --full" in proc.stderr
+
+
+def test_a_headline_run_shows_ggopool_go_against_gevent_spawn() -> None:
+    sizes = TINY[1:]  # the tiny sizes, without --quick: the default run's shape
+    proc = bench(*sizes, "--json")
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads(proc.stdout)
+    assert run["command"].startswith("python -m ggopool bench -n 300")
+    assert [(r["workload"], r["strategy"]) for r in run["throughput"]] == [
+        (workload, name)
+        for workload in ("noop", "yield", "yield", "trickle")
+        for name in ("ggopool.go", "gevent.spawn")
+    ]
+    assert [(r["kind"], r["strategy"]) for r in run["memory"]] == [
+        (kind, name) for kind in ("noop", "yield") for name in ("ggopool.go", "gevent.spawn")
+    ]
+    assert run["latency"] == run["scale"] == []
+    ids = {t["id"] for t in run["targets"]}
+    assert {"go_noop_throughput", "go_yield_throughput", "go_trickle_throughput"} <= ids
+    assert all(i.startswith("go_") for i in ids)
+    assert run["complete"] is True
+    text = bench(*sizes, "--workloads", "trickle").stdout
+    assert "The headline run: ggopool.go against gevent.spawn." in text
+
+
+@pytest.mark.parametrize(("suffix", "magic"), [(".svg", b"<?xml"), (".png", b"\x89PNG")])
+def test_plot_draws_the_run_into_the_file_its_suffix_names(
+    tmp_path: Path, suffix: str, magic: bytes
+) -> None:
+    chart = tmp_path / f"run{suffix}"
+    proc = bench(
+        *TINY, "--workloads", "noop,memory", "--memory-kinds", "noop", "--plot", str(chart)
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"chart: {chart}" in proc.stderr
+    drawn = chart.read_bytes()
+    assert drawn.startswith(magic)
+    if suffix == ".svg":
+        text = drawn.decode()
+        # Every strategy is in the legend, and the chart carries the command and the machine.
+        for name in ALL:
+            assert name in text
+        assert "python -m ggopool bench" in text  # "--" is written "- -" in an SVG comment
+        assert f"{machine()['cpus']} cpus, {machine()['cpu_model']}" in text
+
+
+def test_plot_is_refused_before_the_run_for_a_bad_file_or_without_matplotlib() -> None:
+    proc = bench("--plot", "run.pdf")
+    assert proc.returncode == 2
+    assert "--plot: must be a file name ending in .svg or .png, got 'run.pdf'" in proc.stderr
+    # matplotlib made unimportable, as if the plot extra were not installed.
+    script = (
+        "import sys\n"
+        "sys.modules['matplotlib'] = None\n"
+        "from ggopool.bench.cli import main\n"
+        "sys.exit(main(['--plot', 'run.svg']))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "--plot needs matplotlib, which is not installed: pip install 'ggopool[plot]'" in (
+        proc.stderr
+    )
+    assert not re.search(r"^bench \[", proc.stderr, re.MULTILINE)  # before the first step

@@ -5,7 +5,8 @@
   uses ggopool: it must find the package and read its annotations. (An editable install made
   by an import hook, setuptools' default, is invisible to mypy: ``import-not-found``.)
 * The oldest hatchling that ``build-system.requires`` allows builds the sdist, the wheel from
-  that sdist, and the editable wheel, each holding what it should.
+  that sdist, and the editable wheel, each holding what it should; the wheel and the sdist
+  each install into a fresh venv and run there.
 
 Both reach the package index through pip (or pip's cache), and take some 30 to 60 s together,
 so they are marked ``packaging``: ``.ci/run`` runs them once, in the README's test command,
@@ -60,6 +61,15 @@ import ggopool
 
 pool = ggopool.new_pool("outside", 4)
 text: str = pool.submit(sum, [1, 2, 3]).get()
+"""
+
+
+#: Run in a venv where a built wheel or sdist was installed: its version, whether it was
+#: imported from that venv's site-packages, and a task's result.
+INSTALLED = """\
+import sys, ggopool
+print(ggopool.__version__, ggopool.__file__.startswith(sys.prefix))
+print(ggopool.spawn(sum, [1, 2, 3]).get())
 """
 
 
@@ -223,6 +233,14 @@ def test_the_oldest_hatchling_allowed_builds_sdist_wheel_and_editable(
     # The dependencies with no extra's marker are exactly pyproject.toml's.
     requires = [h.removeprefix("Requires-Dist: ") for h in headers if h.startswith("Requires-Dist")]
     assert [r for r in requires if ";" not in r] == dependencies(), headers
+
+    # The wheel and the sdist each install into a fresh venv, where the package runs from
+    # site-packages (not this checkout) at the version it was built with.
+    for kind, artifact in (("wheel", wheel), ("sdist", sdist)):
+        python_ = fresh_venv(tmp_path / f"from-{kind}")
+        pip_install(python_, artifact)
+        shown = check(python_, "-c", INSTALLED, cwd=tmp_path)
+        assert shown.split() == [ggopool.__version__, "True", "6"], (kind, shown)
 
     # The editable wheel: a path entry in a .pth file (which type checkers follow), not a hook.
     editable = build("editable", REPO)

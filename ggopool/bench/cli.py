@@ -4,9 +4,13 @@ Every strategy runs the same counting task; the rounds are interleaved so that t
 to gevent.spawn hold on a noisy machine; the bench checks that every strategy ran
 exactly the tasks it was given and exits 1 if one did not. Progress goes to stderr.
 
-The full run takes {full};
---quick takes {quick}. --quick shows the targets
-without pass/fail verdicts: they are set for the full run's sizes.
+With no options it runs the headline ({headline}): ggopool.go
+against gevent.spawn on the noop, yield, trickle and memory workloads, at the full run's
+sizes, in {rounds} rounds, with a verdict on each of ggopool.go's targets. --full runs every
+workload and strategy below, with a verdict on every target ({full}). --quick is
+a smaller run of everything, with no verdicts ({quick}): the targets are set for
+the full run's sizes. --plot FILE also draws the ratios to gevent.spawn and the memory
+as a chart.
 
 strategies:
   ggopool.go        ggopool.go(fn): the default pool as it ships (no cap)
@@ -52,6 +56,7 @@ from ggopool.bench.scale import scale
 from ggopool.bench.server import server
 from ggopool.bench.settings import (
     FULL,
+    HEADLINE,
     QUICK,
     WORKLOADS,
     Settings,
@@ -64,9 +69,13 @@ from ggopool.bench.tcp import tcp
 from ggopool.bench.trickle import trickle
 from ggopool.bench.workloads import BODIES
 
-#: How long the two modes take on the shared 2-core machine docs/benchmark.md describes.
-FULL_DURATION = "10-16 min on a 2-core machine"
-QUICK_DURATION = "1-2.5 min on a 2-core machine"
+#: How long the three modes take on the 2-core machine docs/benchmark.md describes.
+HEADLINE_DURATION = "1.5-2 min on a 2-core machine"
+FULL_DURATION = "7-16 min"
+QUICK_DURATION = "1-2.5 min"
+
+#: The chart formats --plot writes, by the file name's suffix.
+PLOT_SUFFIXES = (".svg", ".png")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -119,26 +128,55 @@ def _shown(value: object) -> str:
 
 
 def _default(field: str) -> str:
-    """The default of a setting in both modes, for its help line."""
-    full, quick = getattr(FULL, field), getattr(QUICK, field)
-    if full == quick:
-        return f"(default: {_shown(full)})"
-    return f"(default: {_shown(full)}; with --quick: {_shown(quick)})"
+    """The default of a setting in the three modes, for its help line."""
+    default = getattr(HEADLINE, field)
+    others = [
+        f"with {flag}: {_shown(getattr(mode, field))}"
+        for flag, mode in (("--full", FULL), ("--quick", QUICK))
+        if getattr(mode, field) != default
+    ]
+    return f"(default: {'; '.join([_shown(default), *others])})"
+
+
+def _plot_file(text: str) -> str:
+    if not text.lower().endswith(PLOT_SUFFIXES):
+        raise argparse.ArgumentTypeError(
+            f"must be a file name ending in .svg or .png, got {text!r}"
+        )
+    return text
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ggopool bench",
-        description=(__doc__ or "").format(full=FULL_DURATION, quick=QUICK_DURATION),
+        description=(__doc__ or "").format(
+            rounds=HEADLINE.rounds,
+            headline=HEADLINE_DURATION,
+            full=FULL_DURATION,
+            quick=QUICK_DURATION,
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--full",
+        action="store_true",
+        help="every workload and strategy, with verdicts on every target (default: off)",
+    )
+    mode.add_argument(
         "--quick",
         action="store_true",
-        help="smaller sizes and fewer rounds, no target verdicts (default: off)",
+        help="every workload and strategy at smaller sizes, no target verdicts (default: off)",
     )
     p.add_argument(
         "--json", action="store_true", help="print JSON instead of the tables (default: off)"
+    )
+    p.add_argument(
+        "--plot",
+        type=_plot_file,
+        metavar="FILE",
+        help="also draw the run as a chart, SVG or PNG by FILE's suffix; needs matplotlib, "
+        "the plot extra (default: none)",
     )
 
     def option(flag: str, field: str, parse: Callable[[str], object], what: str) -> None:
@@ -188,19 +226,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workloads",
         type=_choices(WORKLOADS),
-        help="which to run, comma-separated (default: all the workloads above)",
+        help=f"which to run, comma-separated {_default('workloads')}",
     )
     p.add_argument(
         "--strategies",
         type=_choices(tuple(STRATEGIES)),
-        help="which to compare, comma-separated (default: all the strategies above)",
+        help=f"which to compare, comma-separated {_default('strategies')}",
     )
     return p
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """The mode's defaults, with whatever was given on the command line instead."""
-    base = QUICK if args.quick else FULL
+    base = QUICK if args.quick else FULL if args.full else HEADLINE
     given = {
         name: value
         for name, value in vars(args).items()
@@ -291,13 +329,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         s = settings_from(args)
     except ValueError as exc:
         p.error(str(exc))
+    if args.plot is not None:
+        # Checked before the run, not after minutes of it.
+        from ggopool.bench.plot import PlotUnavailable, check
+
+        try:
+            check()
+        except PlotUnavailable as exc:
+            p.error(str(exc))
     progress = Progress(steps(s))
     try:
         results = run(s, argv, progress)
     finally:
         progress.close()
+    if args.plot is not None:
+        from ggopool.bench.plot import plot
+
+        plot(results, args.plot)
+        print(f"chart: {args.plot}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         print(render(results))
+        if not (args.full or args.quick):
+            print(
+                "\nThe headline run: ggopool.go against gevent.spawn. --full runs every workload "
+                f"and strategy ({FULL_DURATION})."
+            )
     return 0 if results["complete"] else 1

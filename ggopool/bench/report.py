@@ -12,7 +12,7 @@ from ggopool.bench.server import render as render_server
 TRICKLE_NOTE = (
     "trickle: each task is submitted once the one before has run, as a web app calls go()\n"
     "once per request, so every ggopool task wakes a parked worker: the cost of a wake-up,\n"
-    "where a burst keeps the workers awake. The floor calls the task directly."
+    "where a burst keeps the workers awake."
 )
 
 
@@ -28,6 +28,14 @@ def _ratio(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.2f}x" if value < 10 else f"{value:.1f}x"
+
+
+def _range(values: Sequence[float] | None) -> str:
+    """The lowest and highest round's ratio, as ``4.9-5.6x``."""
+    if not values:
+        return "-"
+    low, high = _ratio(values[0]), _ratio(values[1])
+    return f"{low[:-1]}-{high}"
 
 
 def _mib(value: float | None) -> str:
@@ -69,11 +77,12 @@ def _throughput(results: Results) -> list[str]:
     rows = results["throughput"]
     out = [
         "Throughput (bursts of n tasks, trickle one at a time; "
-        "x gevent.spawn: spawn's time / this one's, same round;",
+        "x gevent.spawn: spawn's time / this one's, same round,",
+        "the median over rounds; range: the lowest and highest round's; "
         "cap: the cap the strategy ran under, none if it has none)",
         "",
         _table(
-            ["workload", "n", "strategy", "cap", "tasks/s", "x gevent.spawn", "tasks run"],
+            ["workload", "n", "strategy", "cap", "tasks/s", "x gevent.spawn", "range", "tasks run"],
             [
                 [
                     r["workload"],
@@ -82,16 +91,18 @@ def _throughput(results: Results) -> list[str]:
                     _cap(r["strategy_cap"]),
                     f"{r['tasks_per_s']:,.0f}",
                     _ratio(r["ratio_to_spawn"]),
+                    _range(r.get("ratio_range")),
                     _ran(r["tasks_run"], r["n"])
                     + (f", {r['errors']:,} failed" if r["errors"] else ""),
                 ]
                 for r in rows
             ],
-            right={1, 3, 4, 5, 6},
+            right={1, 3, 4, 5, 6, 7},
         ),
     ]
     if any(r["workload"] == "trickle" for r in rows):
-        out += ["", TRICKLE_NOTE]
+        floor = any(r["strategy"] == "deque-floor" for r in rows)
+        out += ["", TRICKLE_NOTE + (" The floor calls the task directly." if floor else "")]
     return out
 
 
@@ -214,12 +225,22 @@ def _verdict(met: bool | None) -> str:
 def _targets(results: Results) -> list[str]:
     found = results["targets"]
     out = [
-        "Targets (ratios from this run)",
+        "Targets (ratios from this run; range: the lowest and highest round's, - for a single "
+        "measurement)",
         "",
         _table(
-            ["target", "measured", "goal", "met"],
-            [[t["target"], _ratio(t["measured"]), t["goal"], _verdict(t["met"])] for t in found],
-            right={1},
+            ["target", "measured", "range", "goal", "met"],
+            [
+                [
+                    t["target"],
+                    _ratio(t["measured"]),
+                    _range(t.get("range")),
+                    t["goal"],
+                    _verdict(t["met"]),
+                ]
+                for t in found
+            ],
+            right={1, 2},
         ),
     ]
     withheld = [t for t in found if t["met"] is None]

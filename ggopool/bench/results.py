@@ -23,6 +23,7 @@ class Target(TypedDict):
     id: str  # stable: what a script reads
     target: str  # what is compared, with this run's sizes
     measured: float
+    range: list[float] | None  # the lowest and highest round's ratio; None: one measurement
     goal: str
     met: bool | None  # None: no verdict, because the run's sizes are not the target's
     why_no_verdict: str | None

@@ -39,6 +39,7 @@ class ThroughputRow(TypedDict):
     complete: bool  # every round ran exactly n tasks
     tasks_per_s: float  # n / median seconds
     ratio_to_spawn: float | None  # median over rounds of spawn's seconds / this one's
+    ratio_range: list[float] | None  # the lowest and highest of those per-round ratios
     errors: int  # tasks whose work failed (the TCP workload); they are still counted
 
 
@@ -130,13 +131,18 @@ def throughput(
                 tasks_run=ran,
                 complete=all(r == n for r in ran),
                 tasks_per_s=n / median(seconds),
-                ratio_to_spawn=None if base is None else _median_ratio(base, samples[name]),
+                ratio_to_spawn=None if base is None else median(ratios(base, samples[name])),
+                ratio_range=None if base is None else _range(ratios(base, samples[name])),
                 errors=failed[name],
             )
         )
     return rows
 
 
-def _median_ratio(base: list[Sample], other: list[Sample]) -> float:
-    """The median over rounds of the baseline's seconds over the other's, round by round."""
-    return median(b / o for (b, _), (o, _) in zip(base, other, strict=True))
+def ratios(base: list[Sample], other: list[Sample]) -> list[float]:
+    """The baseline's seconds over the other's, round by round."""
+    return [b / o for (b, _), (o, _) in zip(base, other, strict=True)]
+
+
+def _range(values: list[float]) -> list[float]:
+    return [min(values), max(values)]

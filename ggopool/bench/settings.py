@@ -1,13 +1,19 @@
-"""What one bench run measures: the workloads, the strategies and every size, in two modes."""
+"""What one bench run measures: the workloads, the strategies and every size, in three modes."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ggopool.bench.memory import KINDS
 from ggopool.bench.server import steps as server_steps
-from ggopool.bench.strategies import STRATEGIES, CappedPoolStrategy, FloorStrategy
+from ggopool.bench.strategies import (
+    STRATEGIES,
+    CappedPoolStrategy,
+    FloorStrategy,
+    GoStrategy,
+    SpawnStrategy,
+)
 
 #: Every workload, in the order they run and are reported.
 WORKLOADS = ("noop", "yield", "gopool", "trickle", "tcp", "memory", "latency", "scale", "server")
@@ -19,7 +25,7 @@ SCALE_STRATEGIES = (CappedPoolStrategy.name, FloorStrategy.name)
 
 @dataclass(frozen=True)
 class Settings:
-    """What one bench run measures. `FULL` and `QUICK` are the defaults of the two modes."""
+    """What one bench run measures. `HEADLINE`, `FULL` and `QUICK` are the three modes."""
 
     tasks: int  # n for noop, yield and gopool
     cap: int  # the capped strategies' cap for noop, trickle, tcp, latency and scale
@@ -77,6 +83,20 @@ QUICK = Settings(
     latency_tasks=20_000,
     scale_sizes=(1_000, 10_000, 100_000),
     scale_per_point=20_000,
+)
+
+
+#: The default run: the default pool against gevent.spawn at the full run's sizes, on the
+#: workloads its targets are read from, so every one of them gets a verdict in a few minutes.
+#: More rounds than the full run, since it has fewer strategies to interleave: the range of
+#: the per-round ratios shows how much the machine moved them.
+HEADLINE = replace(
+    FULL,
+    rounds=9,
+    yield_caps=(10_000,),
+    memory_kinds=("noop", "yield"),
+    workloads=("noop", "yield", "trickle", "memory"),
+    strategies=(GoStrategy.name, SpawnStrategy.name),
 )
 
 
