@@ -357,3 +357,67 @@ def test_an_instrument_of_workers_only_leaves_go_on_its_fast_path() -> None:
 
 def test_importing_ggopool_does_not_import_opentelemetry() -> None:
     assert imported_with_ggopool("opentelemetry") == []
+
+
+@pytest.mark.parametrize("hook", ["task_queued", "task_finished", "worker_started"])
+def test_a_raising_hook_of_any_kind_is_reported_and_detached(
+    hook: str, hub_errors: HubErrors
+) -> None:
+    pool = ggopool.new_pool(f"raising-{hook}", 1)
+
+    def broken(*args: object) -> None:
+        raise ValueError(hook)
+
+    instrument = type("Broken", (ggopool.Instrument,), {hook: broken})()
+    pool.add_instrument(instrument)
+    assert pool.submit(abs, -7).get(timeout=5) == 7
+    assert pool.join(5)
+    [(context, kind, exc)] = hub_errors.take()
+    assert (kind, str(exc)) == (ValueError, hook)
+    assert "detached because it raised" in repr(context)
+    assert pool.instruments == ()
+
+
+def test_when_reporting_a_raising_hook_fails_too_one_line_goes_to_stderr(
+    hub_errors: HubErrors, capfd: pytest.CaptureFixture[str]
+) -> None:
+    pool = ggopool.new_pool("unreportable", 1)
+
+    class Broken(ggopool.Instrument):
+        def task_started(self, task: ggopool.TaskInfo) -> None:
+            raise ValueError("broken")
+
+    def handle_error(*args: object) -> None:
+        raise RuntimeError("handle_error broken too")
+
+    pool.add_instrument(Broken())
+    hub = gevent.get_hub()
+    hub.handle_error = handle_error  # type: ignore[method-assign,assignment]
+    try:
+        assert pool.submit(abs, -8).get(timeout=5) == 8
+    finally:
+        hub.handle_error = hub_errors.handle_error  # type: ignore[method-assign,assignment]
+    assert pool.instruments == ()
+    assert capfd.readouterr().err == (
+        "ggopool: pool 'unreportable': an instrument raised ValueError and reporting it "
+        "failed; it is detached\n"
+    )
+
+
+def test_attaching_and_removing_from_another_thread_is_handed_over() -> None:
+    pool = ggopool.new_pool("attach-threads", 1)
+    recorder = Recorder()
+    thread = threading.Thread(target=pool.add_instrument, args=(recorder,))
+    thread.start()
+    thread.join(10)
+    with gevent.Timeout(10):
+        while not pool.instruments:
+            gevent.sleep(0.01)  # the pool's hub takes the hand-over
+    assert pool.instruments == (recorder,)
+    thread = threading.Thread(target=pool.remove_instrument, args=(recorder,))
+    thread.start()
+    thread.join(10)
+    with gevent.Timeout(10):
+        while pool.instruments:
+            gevent.sleep(0.01)
+    assert pool._fast_ident == pool._ident
