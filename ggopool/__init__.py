@@ -21,6 +21,7 @@ from ggopool._default import (
 )
 from ggopool._errors import PoolClosed, PoolFull, TaskCancelled
 from ggopool._group import TaskGroup
+from ggopool._instrument import Instrument, TaskInfo
 from ggopool._panic import FailedTask, PanicHandler, failed_task
 from ggopool._pool import Pool
 from ggopool._shutdown import drain, set_exit_drain  # importing it registers the exit drain
@@ -31,6 +32,7 @@ from ggopool._version import __version__ as __version__
 __all__ = [
     "Config",
     "FailedTask",
+    "Instrument",
     "PanicHandler",
     "Pool",
     "PoolClosed",
@@ -39,6 +41,7 @@ __all__ = [
     "Task",
     "TaskCancelled",
     "TaskGroup",
+    "TaskInfo",
     "ctx_go",
     "default_pool",
     "drain",

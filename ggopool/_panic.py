@@ -12,6 +12,7 @@ from gevent import get_hub
 from greenlet import GreenletExit
 
 from ggopool._describe import describe_call
+from ggopool._instrument import unwrap
 from ggopool._task import Task, is_task_runner
 
 if TYPE_CHECKING:
@@ -122,6 +123,7 @@ def report_failure(
         hub = get_hub()
         handler = pool._panic_handler
         spawned = None  # a spawned Task: the hub gets it as context, as gevent a greenlet
+        fn = unwrap(fn)  # an instrument's entry: what it ran
         if is_task_runner(fn, pool):
             # Name the callable the caller submitted and its arguments, not the runner.
             handle = fn.__self__  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ from ggopool._config import Config, check_int_at_least, check_timeout
 from ggopool._entry import NO_KWARGS, SLOTS, Entry
 from ggopool._errors import PoolClosed, PoolFull
 from ggopool._gevent_pool import GeventPoolMixin
+from ggopool._instrument import Instruments, InstrumentsMixin, dropped
 from ggopool._panic import PanicHandler
 from ggopool._stats import Counts, PoolStats
 from ggopool._task import Task, as_exception, is_task_runner
@@ -65,7 +66,7 @@ def check_cap(cap: object) -> int:
     return check_int_at_least("cap", cap, 1)
 
 
-class Pool(GeventPoolMixin):
+class Pool(GeventPoolMixin, InstrumentsMixin):
     """A pool of reusable worker greenlets that run queued tasks, at most ``cap`` at once.
 
     Where an application writes ``gevent.spawn(fn, x)`` it writes ``pool.go(fn, x)``::
@@ -121,7 +122,9 @@ class Pool(GeventPoolMixin):
         # The same threshold, against the queue's length before a task's slots are added.
         self._threshold_slots_before = self._threshold_slots - SLOTS
         self._idle_timeout = config.idle_timeout
-        self._max_pending = config.max_pending
+        # None, or what add_instrument attached (_instrument.py). Kept across a fork. (In the
+        # place of a copy of config.max_pending: a 30th instance attribute costs go() 6%.)
+        self._instruments: Instruments | None = None
         self._max_idle = _no_max_idle(config.max_idle)
         self._panic_handler: PanicHandler | None = None
         # The thread whose hub runs this pool's workers.
@@ -155,11 +158,14 @@ class Pool(GeventPoolMixin):
         # An unbounded pool has none: under gevent the list itself needs no lock, as
         # nothing yields while it is touched. (As the channel that wakes parked workers
         # it cost more than gevent.spawn itself for one task at a time: see the README.)
-        self._slots = None if self._max_pending is None else Semaphore(self._max_pending)
+        max_pending = self._config.max_pending
+        self._slots = None if max_pending is None else Semaphore(max_pending)
         # go() takes its fast path only when called from this thread: the pool's own
-        # thread while the pool is open and unbounded, NO_THREAD otherwise. One comparison
-        # on the hot path serves threads, close() and max_pending alike.
-        self._fast_ident = self._ident if self._max_pending is None else NO_THREAD
+        # thread while the pool is open, unbounded and has no instrument, NO_THREAD
+        # otherwise. One comparison on the hot path serves threads, close(), max_pending
+        # and instruments alike (see _route).
+        self._fast_ident = NO_THREAD
+        self._route()
         self._blocked = 0  # greenlets waiting in go()/submit() for a slot
         # Tasks handed over by other threads, not yet taken by the hub; and those taken
         # that wait for a slot of a bounded pool.
@@ -179,6 +185,7 @@ class Pool(GeventPoolMixin):
         # inherited parked workers so that they see the new generation and exit. A closed
         # pool stays closed: that was the application's decision.
         for fn in itertools.islice(self._tasks, 1, None, SLOTS):
+            fn = dropped(fn)  # an instrument's entry: they hear of it
             if is_task_runner(fn, self):
                 fn.__self__._left_in_parent()
         self._tasks.clear()
@@ -344,10 +351,17 @@ class Pool(GeventPoolMixin):
 
     def _push(self, task: Entry) -> None:
         """Append an admitted task and apply the spawn rule."""
+        info = None
+        instruments = self._instruments
+        if instruments is not None and instruments.tasks:
+            task = instruments.observe(self, task)  # the entry runs it between the hooks
+            info = task[1]
         self._tasks.extend(task)
         self._submitted += 1
         if self._should_add_worker():
             self._add_worker()
+        if info is not None:
+            info._queued()  # type: ignore[attr-defined]  # a TaskInfo
 
     def _in_own_thread(self, fn: Callable[..., object], *args: Any) -> None:
         """``fn(*args)`` now if called from the pool's thread; else handed over to its hub,
@@ -404,7 +418,7 @@ class Pool(GeventPoolMixin):
                 self._counts.rejected += 1
                 where = "the hub" if current is self._hub else "one of its own workers"
                 raise PoolFull(
-                    f"pool {self._name!r} is full: max_pending={self._max_pending} tasks "
+                    f"pool {self._name!r} is full: max_pending={self._config.max_pending} tasks "
                     f"are queued, and waiting for room from {where} could deadlock"
                 )
             self._blocked += 1
@@ -498,6 +512,7 @@ class Pool(GeventPoolMixin):
         # gave their slot back then; the others are cancelled now.
         already = 0
         for fn in itertools.islice(tasks, 1, None, SLOTS):
+            fn = dropped(fn)  # an instrument's entry: they hear of it
             if is_task_runner(fn, self):
                 if fn.__self__.cancelled():
                     already += 1

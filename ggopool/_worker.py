@@ -56,6 +56,9 @@ def work(pool: Pool, me: Worker, generation: int) -> None:
     try:
         pool._starting -= 1
         me.state = RUNNING
+        instruments = pool._instruments  # once per worker, not per task
+        if instruments is not None:
+            instruments.worker_hook(pool, instruments.worker_started)
         _run(pool, me, generation)
     except GreenletExit:
         pass  # killed (gevent.kill, Pool.kill, greenlet.throw): the worker ends
@@ -67,6 +70,9 @@ def work(pool: Pool, me: Worker, generation: int) -> None:
     finally:
         if pool._generation == generation:
             pool._worker_left(me)
+            instruments = pool._instruments
+            if instruments is not None:
+                instruments.worker_hook(pool, instruments.worker_exited)
 
 
 def _run(pool: Pool, me: Worker, generation: int) -> None:

@@ -12,7 +12,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 import gevent
 from gevent.event import Event
@@ -22,12 +22,12 @@ from locust.env import Environment
 from locust.event import EventHook, Events
 from locust.runners import MasterRunner, Runner, WorkerRunner
 
-from ggopool import FailedTask, Pool, Task, TaskGroup
+import ggopool
+from ggopool import Instrument, Pool, TaskInfo
 
-__all__ = ["PoolCounts", "TrackedPool", "counts", "track"]
+PoolT = TypeVar("PoolT", bound=Pool)
 
-P = ParamSpec("P")
-T = TypeVar("T")
+__all__ = ["PoolCounts", "counts", "track"]
 
 log = logging.getLogger("ggopool.locust")
 
@@ -37,21 +37,22 @@ REPORT_KEY = "ggopool"
 #: report can be three seconds old by then. The master logs the sums once every worker's
 #: final counts are in.
 COUNTS_MESSAGE = "ggopool_counts"
-
-# The task a tracked pool's worker is running, set in the task's own context so that the
-# panic handler (which runs in that context) can name it.
-_current_task: contextvars.ContextVar[object] = contextvars.ContextVar(
-    "ggopool.locust.task", default=None
-)
+#: Seconds the drain at test_stop waits when neither `track` nor Locust's --stop-timeout
+#: says otherwise.
+DEFAULT_DRAIN_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
 class PoolCounts:
     """What a tracked pool did during a Locust test.
 
-    * ``submitted``: tasks queued through the `TrackedPool`.
-    * ``run``: tasks that finished, by returning or raising.
-    * ``failed``: tasks that raised an ``Exception`` (each one is also a Locust error).
+    * ``submitted``: tasks queued on the pool, by any method.
+    * ``run``: tasks that started and finished (returned, raised, or killed while running).
+    * ``failed``: of those, tasks that raised. A ``go()`` or ``spawn()`` task's exception is
+      also a Locust error; a ``submit()`` or group task's goes to whoever reads its result.
+    * ``cancelled``: tasks that never started (``Task.cancel``, ``Task.kill``, a group that
+      cancels on error, ``Pool.kill``). Once the pool is drained, ``submitted == run +
+      cancelled``.
     * ``peak_workers``: the most worker greenlets the pool had at once. On the master it is
       the sum of the workers' peaks, so an upper bound for all processes together.
 
@@ -61,6 +62,7 @@ class PoolCounts:
     submitted: int = 0
     run: int = 0
     failed: int = 0
+    cancelled: int = 0
     peak_workers: int = 0
 
     def __add__(self, other: PoolCounts) -> PoolCounts:
@@ -68,27 +70,15 @@ class PoolCounts:
             self.submitted + other.submitted,
             self.run + other.run,
             self.failed + other.failed,
+            self.cancelled + other.cancelled,
             self.peak_workers + other.peak_workers,
         )
 
     def __str__(self) -> str:
         return (
             f"{self.submitted} submitted, {self.run} run, {self.failed} failed, "
-            f"{self.peak_workers} peak workers"
+            f"{self.cancelled} cancelled, {self.peak_workers} peak workers"
         )
-
-
-class _CountedGroup(TaskGroup):
-    def __init__(self, tracked: TrackedPool, cancel_on_error: bool) -> None:
-        super().__init__(tracked.pool, cancel_on_error)
-        self._tracked = tracked
-
-    def go(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]:
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {fn!r}")
-        task = super().go(self._tracked._run, fn, args, kwargs)
-        self._tracked._queued()
-        return task  # type: ignore[return-value]  # the task's value is fn's: _run returns it
 
 
 def _counts_from(data: object) -> dict[str, PoolCounts]:
@@ -102,129 +92,76 @@ def _counts_from(data: object) -> dict[str, PoolCounts]:
     }
 
 
-class TrackedPool:
-    """A ggopool pool whose tasks count in a Locust run; made by `track`.
+class _Tracker(Instrument):
+    """The instrument `track` attaches: counts a pool's tasks for the run, and knows when
+    none is in flight (queued or running) for the drain at test_stop."""
 
-    Queue work with its `go` and `ctx_go`, which behave as the pool's own and also count
-    the task. Tasks queued on the underlying pool directly still have their exceptions
-    reported to Locust, but are not in the counts.
-    """
-
-    def __init__(self, pool: Pool, integration: _Integration, drain_timeout: float) -> None:
-        self._pool = pool
-        self._integration = integration
-        self._drain_timeout = drain_timeout
-        self._submitted = 0
-        self._run_count = 0
-        self._failed = 0
-        self._peak_workers = 0
+    def __init__(self, pool: Pool, integration: _Integration, drain_timeout: float | None) -> None:
+        self.pool = pool
+        self.integration = integration
+        self.drain_timeout = drain_timeout
+        self.submitted = self.run = self.failed = self.cancelled = 0
+        self.peak_workers = pool.worker_count()
         # Not reset by a new test: a task still in flight from the last one finishes later.
-        self._in_flight = 0
-        self._idle = Event()
-        self._idle.set()
-        pool.set_panic_handler(self._on_panic)
+        self.in_flight = 0
+        self.idle = Event()
+        self.idle.set()
 
     def __repr__(self) -> str:
-        return f"<ggopool.locust.TrackedPool {self._pool.name!r} {self.counts()}>"
+        return f"<ggopool.locust tracker of pool {self.pool.name!r}: {self.counts()}>"
 
-    @property
-    def pool(self) -> Pool:
-        """The ggopool pool the tasks run on."""
-        return self._pool
+    def task_queued(self, task: TaskInfo) -> None:
+        self.submitted += 1
+        self.in_flight += 1
+        self.idle.clear()
 
-    @property
-    def name(self) -> str:
-        """The pool's name, the key of its counts in reports."""
-        return self._pool.name
+    def task_finished(self, task: TaskInfo, outcome: str, exc: BaseException | None) -> None:
+        if outcome == "cancelled":
+            self.cancelled += 1
+        else:
+            self.run += 1
+            if outcome == "failed":
+                self.failed += 1
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
 
-    def go(self, fn: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs) -> None:
-        """`ggopool.Pool.go`, counted: queue ``fn(*args, **kwargs)`` on the pool."""
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {fn!r}")
-        self._pool.go(self._run, fn, args, kwargs)
-        self._queued()
-
-    def ctx_go(
-        self,
-        ctx: contextvars.Context,
-        fn: Callable[P, object],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> None:
-        """`ggopool.Pool.ctx_go`, counted: queue ``fn(*args, **kwargs)`` in a copy of ``ctx``."""
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {fn!r}")
-        self._pool.ctx_go(ctx, self._run, fn, args, kwargs)
-        self._queued()
-
-    def group(self, cancel_on_error: bool = False) -> TaskGroup:
-        """`ggopool.Pool.group` on the pool, counted: the fan-out a browser-like user does.
-
-        The group's tasks count like `go`'s, and, as with any group, the first failure is
-        raised by ``wait()`` (or on leaving the ``with`` block) in the Locust task that
-        waits, which Locust records as an error of that task.
-        """
-        return _CountedGroup(self, cancel_on_error)
+    def worker_started(self, pool: Pool) -> None:
+        # Workers are added only as they start, so sampling here sees every peak.
+        self.peak_workers = max(self.peak_workers, pool.worker_count())
 
     def counts(self) -> PoolCounts:
-        """The counts of this process's tasks since the test started."""
-        return PoolCounts(self._submitted, self._run_count, self._failed, self._peak_workers)
+        return PoolCounts(self.submitted, self.run, self.failed, self.cancelled, self.peak_workers)
 
-    def _queued(self) -> None:
-        self._submitted += 1
-        self._in_flight += 1
-        self._idle.clear()
-        # Workers start only inside go() (or set_cap), so sampling here sees every peak.
-        self._peak_workers = max(self._peak_workers, self._pool.worker_count())
+    def reset(self) -> None:
+        self.submitted = self.run = self.failed = self.cancelled = 0
+        self.peak_workers = self.pool.worker_count()
 
-    def _reset(self) -> None:
-        self._submitted = self._run_count = self._failed = 0
-        self._peak_workers = self._pool.worker_count()
-
-    def _drain(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the counted tasks, then for anything else
-        the pool still holds (tasks queued on it directly report their failures to the
+    def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the counted tasks, then for anything else the
+        pool still holds (tasks queued before it was tracked report their failures to the
         run too); True if both finished."""
         started = time.monotonic()
-        if not self._idle.wait(timeout):
+        if not self.idle.wait(timeout):
             return False
-        if getcurrent() in self._pool._greenlets:
+        if getcurrent() in self.pool:
             return True  # called from one of its own tasks: the counted ones are done
-        return self._pool.join(max(0.0, timeout - (time.monotonic() - started)))
+        return self.pool.join(max(0.0, timeout - (time.monotonic() - started)))
 
-    def _run(
-        self, fn: Callable[..., object], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> object:
-        _current_task.set(fn)
-        try:
-            return fn(*args, **kwargs)
-        except Exception:
-            self._failed += 1
-            raise  # on to the pool's panic handler, `_on_panic`
-        finally:
-            self._run_count += 1
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
-
-    def _on_panic(self, ctx: contextvars.Context, exc: Exception) -> None:
-        task = _current_task.get()
-        environment = self._integration.environment
+    def on_panic(self, ctx: contextvars.Context, exc: Exception) -> None:
+        failed = ggopool.failed_task()  # the task, its callable and arguments
+        environment = self.integration.environment
         if environment is None or environment.runner is None:
             # No Locust run to tell: report it as ggopool does without a handler.
-            gevent.get_hub().handle_error(
-                FailedTask(self._pool, task), type(exc), exc, exc.__traceback__
-            )
+            gevent.get_hub().handle_error(failed, type(exc), exc, exc.__traceback__)
             return
         # As Locust logs an exception raised by a task of a User, then counts it: the
         # user_error event puts it in runner.exceptions (on a worker, it is sent to the
         # master), which --exit-code-on-error looks at.
-        name = getattr(task, "__qualname__", None) or repr(task)
         log.error(
             "task %s of pool %r failed: %r\n%s",
-            name,
-            self._pool.name,
+            failed.call if failed is not None else "?",
+            self.pool.name,
             exc,
             "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         )
@@ -238,7 +175,9 @@ class _Integration:
 
     def __init__(self, events: Events, environment: Environment | None) -> None:
         self.environment = environment
-        self.pools: dict[str, TrackedPool] = {}
+        self.pools: dict[str, _Tracker] = {}
+        # When Locust began stopping this test (its test_stopping): the drain's clock.
+        self.stopping_at: float | None = None
         # On the master: each worker's latest counts, by client id; the workers whose
         # final counts (sent when their test stopped) have come; whether the sums of
         # this test were logged.
@@ -254,6 +193,9 @@ class _Integration:
             (events.worker_report, self._on_worker_report),
             (events.quit, self._on_quit),
         ]
+        stopping = getattr(events, "test_stopping", None)  # not in every Locust release
+        if stopping is not None:
+            listeners.append((stopping, self._on_test_stopping))
         for hook, listener in listeners:
             hook.add_listener(listener)  # type: ignore[no-untyped-call]  # untyped in locust
         self._attach(environment)
@@ -268,7 +210,7 @@ class _Integration:
             self._listening_runner = runner
 
     def local_counts(self) -> dict[str, PoolCounts]:
-        return {name: tracked.counts() for name, tracked in self.pools.items()}
+        return {name: tracker.counts() for name, tracker in self.pools.items()}
 
     def totals(self) -> dict[str, PoolCounts]:
         totals: dict[str, PoolCounts] = {}
@@ -290,8 +232,9 @@ class _Integration:
         self.reports.clear()
         self.final.clear()
         self.summarized = False
-        for tracked in self.pools.values():
-            tracked._reset()
+        self.stopping_at = None
+        for tracker in self.pools.values():
+            tracker.reset()
 
     def _summarize(self, note: str = "") -> None:
         self.summarized = True
@@ -310,27 +253,43 @@ class _Integration:
         if set(self.reports) | set(runner.clients) <= self.final:
             self._summarize()
 
+    def _on_test_stopping(self, environment: Environment, **_kwargs: Any) -> None:
+        self.stopping_at = time.monotonic()
+
+    def drain_timeout(self, tracker: _Tracker) -> float:
+        """`track`'s ``drain_timeout``; by default Locust's --stop-timeout, the time it
+        gives the users' own tasks, or `DEFAULT_DRAIN_TIMEOUT` when that is 0."""
+        if tracker.drain_timeout is not None:
+            return tracker.drain_timeout
+        stop_timeout = getattr(self.environment, "stop_timeout", 0.0) or 0.0
+        return float(stop_timeout) if stop_timeout > 0 else DEFAULT_DRAIN_TIMEOUT
+
     def _on_test_stop(self, environment: Environment, **_kwargs: Any) -> None:
         self._attach(environment)
         if self.is_master():
             self._summarize_if_final()
             return
         # The users are gone, but tasks they queued may still be running: let them finish
-        # so that the counts, and Locust's request stats, include them.
-        for tracked in self.pools.values():
-            if not tracked._drain(tracked._drain_timeout):
-                left = tracked.pool.stats()
+        # so that the counts, and Locust's request stats, include them. The clock started
+        # when Locust began stopping the users, whose own tasks had that time too.
+        now = time.monotonic()
+        began = self.stopping_at if self.stopping_at is not None else now
+        for tracker in self.pools.values():
+            timeout = self.drain_timeout(tracker)
+            if not tracker.drain(max(0.0, began + timeout - time.monotonic())):
+                left = tracker.pool.stats()
                 # They go on running; what is left at exit, ggopool's exit drain waits for
                 # (ggopool.set_exit_drain), but a failure then no longer fails the run.
                 log.warning(
                     "ggopool pool %r: %d tasks unfinished (%d queued, %d running) %.1f s "
                     "after the test stopped",
-                    tracked.name,
+                    tracker.pool.name,
                     left.pending + left.running,
                     left.pending,
                     left.running,
-                    tracked._drain_timeout,
+                    timeout,
                 )
+        self.stopping_at = None
         local = self.local_counts()
         for name, pool_counts in sorted(local.items()):
             log.info("ggopool pool %r: %s", name, pool_counts)
@@ -377,10 +336,13 @@ def _integration(environment: Environment | None) -> _Integration:
 
 
 def track(
-    pool: Pool, environment: Environment | None = None, *, drain_timeout: float = 5.0
-) -> TrackedPool:
+    pool: PoolT,
+    environment: Environment | None = None,
+    *,
+    drain_timeout: float | None = None,
+) -> PoolT:
     """Make a pool's tasks count in Locust runs: their exceptions fail the run, and the
-    pool's counts are reported when each test stops.
+    pool's counts are reported when each test stops. Return ``pool`` itself.
 
     Without this, an exception in a pool task during a Locust run is printed and forgotten:
     the run still exits 0 under ``--exit-code-on-error``. In a locustfile::
@@ -388,7 +350,9 @@ def track(
         import ggopool
         from ggopool.locust import track
 
-        assets = track(ggopool.new_pool("assets", 20))
+        # max_pending: go() waits while 64 tasks are queued, so the users cannot queue
+        # faster than the pool runs, and the backlog is gone by the end of the test.
+        assets = track(ggopool.new_pool("assets", 20, ggopool.Config(max_pending=64)))
 
         class Browser(FastHttpUser):
             @task
@@ -398,22 +362,31 @@ def track(
 
     Rules:
 
-    * ``track`` sets the pool's panic handler (replacing any other). An ``Exception`` from
-      any task of the pool is logged with its traceback, as Locust logs an exception from a
-      User's task, and fires Locust's ``user_error`` event with ``user_instance=None`` (no
-      user owns a pool task). Locust counts it in ``runner.exceptions``, which a worker
-      sends to the master and which ``--exit-code-on-error`` looks at, so the run exits
-      with that code. Outside a run (no environment or no runner yet) the exception goes
-      to ``gevent.get_hub().handle_error`` as ggopool's default would.
-    * Tasks queued with the returned `TrackedPool`'s ``go``/``ctx_go`` are counted
-      (`PoolCounts`); the counts restart at each ``test_start``.
-    * At ``test_stop`` each process that runs users waits up to ``drain_timeout`` seconds
-      for its tracked pools to finish what they hold (the users are gone, the tasks they
-      queued are not), inside the run, so that a failure among them still fails it; then
-      logs ``ggopool pool 'assets': 120 submitted, 120 run, 0 failed, 8 peak workers``. If
-      the time runs out it logs how many tasks are unfinished; they go on running, and at
-      exit ggopool's exit drain (see ``ggopool.set_exit_drain``) waits for them as for
-      every untracked pool, but a failure then is only logged.
+    * ``track`` attaches an instrument (`ggopool.Pool.add_instrument`) and sets the pool's
+      panic handler (replacing any other). Every method of the pool works as before and
+      every task queued from now on is counted (`PoolCounts`), whatever method queued
+      it; the counts restart at each ``test_start``.
+    * An ``Exception`` from a ``go``/``spawn`` task of the pool is logged with its
+      traceback and its call (``task fetch('/a.css') of pool 'assets' failed``), as Locust
+      logs an exception from a User's task, and fires Locust's ``user_error`` event with
+      ``user_instance=None`` (no user owns a pool task). Locust counts it in
+      ``runner.exceptions``, which a worker sends to the master and which
+      ``--exit-code-on-error`` looks at, so the run exits with that code. Outside a run
+      (no environment or no runner yet) it goes to ``gevent.get_hub().handle_error`` as
+      ggopool's default would.
+    * At ``test_stop`` each process that runs users waits for its tracked pools to finish
+      what they hold (the users are gone, the tasks they queued are not), inside the run,
+      so that a failure among them still fails it; then logs ``ggopool pool 'assets': 120
+      submitted, 120 run, 0 failed, 0 cancelled, 8 peak workers``. It waits until
+      ``drain_timeout`` seconds after Locust began stopping the users (``test_stopping``);
+      by default that is Locust's ``--stop-timeout``, the time it gives the users' own
+      tasks, or 5 s when that is 0. If the time runs out it logs how many tasks are
+      unfinished; they go on running, and at exit ggopool's exit drain (see
+      ``ggopool.set_exit_drain``) waits for them as for every untracked pool, but a failure
+      then is only logged. A pool with ``Config(max_pending=...)`` holds at most that many
+      queued tasks, so what is left at the end is bounded too.
+    * A task cancelled before it starts (``Task.cancel``, ``Task.kill``, a group with
+      ``cancel_on_error``, ``Pool.kill``) counts as cancelled at once, and is not waited for.
     * Distributed: workers add their counts to every stats report (``report_to_master``,
       key ``"ggopool"``) and send final ones when their test stops; the master keeps each
       worker's latest (``worker_report``) and, once every worker's final counts are in,
@@ -422,24 +395,29 @@ def track(
     * ``environment`` None means Locust's global ``locust.events``, the one the ``locust``
       command uses; its environment is learnt from the ``init`` event, so call ``track`` at
       import of the locustfile. Pass an environment when running Locust as a library.
-    * Tracking the same pool again returns the same `TrackedPool`; another pool with a
-      tracked pool's name raises ValueError.
+    * Tracking the same pool again changes nothing; another pool with a tracked pool's
+      name raises ValueError.
     """
     if not isinstance(pool, Pool):
         raise TypeError(f"pool must be a ggopool.Pool, got {pool!r}")
-    if type(drain_timeout) is bool or not isinstance(drain_timeout, (int, float)):
-        raise TypeError(f"drain_timeout must be a number of seconds >= 0, got {drain_timeout!r}")
-    if not drain_timeout >= 0:
-        raise ValueError(f"drain_timeout must be a number of seconds >= 0, got {drain_timeout!r}")
+    if drain_timeout is not None:
+        rule = "drain_timeout must be None or a number of seconds >= 0"
+        if type(drain_timeout) is bool or not isinstance(drain_timeout, (int, float)):
+            raise TypeError(f"{rule}, got {drain_timeout!r}")
+        if not drain_timeout >= 0:
+            raise ValueError(f"{rule}, got {drain_timeout!r}")
+        drain_timeout = float(drain_timeout)
     integration = _integration(environment)
-    tracked = integration.pools.get(pool.name)
-    if tracked is not None:
-        if tracked.pool is not pool:
+    tracker = integration.pools.get(pool.name)
+    if tracker is not None:
+        if tracker.pool is not pool:
             raise ValueError(f"a pool named {pool.name!r} is already tracked")
-        return tracked
-    tracked = TrackedPool(pool, integration, float(drain_timeout))
-    integration.pools[pool.name] = tracked
-    return tracked
+        return pool
+    tracker = _Tracker(pool, integration, drain_timeout)
+    pool.add_instrument(tracker)
+    pool.set_panic_handler(tracker.on_panic)
+    integration.pools[pool.name] = tracker
+    return pool
 
 
 def counts(environment: Environment | None = None) -> dict[str, PoolCounts]:

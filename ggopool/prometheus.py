@@ -25,9 +25,7 @@ import os
 import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
-from contextvars import Context
-from time import perf_counter
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 import gevent
 from prometheus_client import values
@@ -41,23 +39,21 @@ from prometheus_client.metrics_core import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
-from ggopool._default import _registry, default_pool
-from ggopool._describe import callable_name
-from ggopool._group import TaskGroup
-from ggopool._pool import Pool
-from ggopool._task import Task
+from ggopool._default import UNLIMITED, _registry, default_pool
+from ggopool._instrument import Instrument, TaskInfo
+from ggopool._pool import Pool, all_pools
 
 __all__ = [
     "DEFAULT_BUCKETS",
-    "InstrumentedPool",
     "MultiProcessPublisher",
     "PoolCollector",
+    "Saturation",
     "instrument",
     "multiprocess_mode",
+    "saturation",
 ]
 
-P = ParamSpec("P")
-T = TypeVar("T")
+PoolT = TypeVar("PoolT", bound=Pool)
 
 #: Upper bounds, in seconds, of the queue-wait histogram's buckets (``+Inf`` is added):
 #: from 100 µs, about what a task waits behind a few others, to 10 s, a pool far behind.
@@ -128,86 +124,13 @@ def multiprocess_mode() -> bool:
 # -- saturation signals, opt-in per pool ----------------------------------------------------
 
 
-class _Timed(tuple):  # type: ignore[type-arg]  # (owner, fn, args, kwargs, queued_at)
-    """A task on its way through an instrumented pool: when it starts, it records how long it
-    waited and counts itself running, then runs the caller's ``fn``.
+class Saturation(Instrument):
+    """The instrument `instrument` attaches: it measures how long each task waits in the
+    queue and how many run at once, for `PoolCollector` to report.
 
-    A tuple, made in C: of the ways measured to carry the five fields (a ``__slots__``
-    class, a bound method with arguments), the one that keeps the caller's function name
-    in failure reports at the least cost.
-    """
-
-    __slots__ = ()
-
-    def __call__(self) -> Any:
-        owner, fn, args, kwargs, queued_at = self
-        wait = perf_counter() - queued_at
-        # The last bound is +inf, so every wait has a bucket.
-        owner._wait_buckets[bisect_left(owner._bounds, wait)] += 1
-        owner._wait_sum += wait
-        running = owner._running + 1
-        owner._running = running
-        if running > owner._peak_running:
-            owner._peak_running = running
-        # A worker the pool adds runs a task before it can leave, so sampling the count as
-        # each task starts sees every peak of workers that ran these tasks.
-        workers = owner._pool.worker_count()
-        if workers > owner._peak_workers:
-            owner._peak_workers = workers
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            owner._running -= 1
-
-    @property
-    def __name__(self) -> str:
-        # What reports that name a task (the hub's, a Task's repr) read when there is no
-        # __qualname__: the caller's function, not this wrapper.
-        return callable_name(self[1])
-
-
-def _timed(
-    owner: InstrumentedPool, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Callable[[], T]:
-    return _Timed((owner, fn, args, kwargs, perf_counter()))
-
-
-class _InstrumentedGroup(TaskGroup):
-    def __init__(self, owner: InstrumentedPool, cancel_on_error: bool) -> None:
-        super().__init__(owner.pool, cancel_on_error)
-        self._owner = owner
-
-    def go(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]:
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {fn!r}")
-        return super().go(_timed(self._owner, fn, args, kwargs))
-
-
-class InstrumentedPool:
-    """A pool's ways in (``go``, ``ctx_go``, ``try_go``, ``submit``, ``group``) that also
-    measure how long each task waits in the queue and how many run at once; from
-    `instrument`.
-
-    Example::
-
-        notify = ggopool.prometheus.instrument(ggopool.new_pool("notify", 100))
-        notify.go(send_webhook, order_id)      # instead of pool.go(send_webhook, order_id)
-
-    Rules:
-
-    * Each method behaves as the pool's own (same errors, same rules), and wraps the task
-      so that when it starts it records its queue wait (seconds since the call) in the
-      histogram and counts itself running. The wrapper is one small object per task;
-      `docs/observability.md` states what it costs.
-    * Only tasks queued through this object are measured. Tasks queued on `pool`
-      directly run as before and pay nothing, but are not in the histogram, and the peak
-      of running tasks does not count them.
-    * The peaks (running tasks, live workers) are the highest values since the last
-      scrape: a `PoolCollector` scrape reports them and starts the next period at the
-      values of that moment. Workers are sampled as each measured task starts and at the
-      scrape.
-    * A `PoolCollector` reports these signals for every pool it reports that has been
-      instrumented, as long as this object is alive (keep it: it is how you submit).
+    It counts in its hooks only (``task_started``, ``task_finished``, ``worker_started``):
+    a few additions per task, no lock, no clock read of its own (the pool's instruments
+    time each task once as it is queued and once as it starts).
     """
 
     __slots__ = (
@@ -231,57 +154,32 @@ class InstrumentedPool:
         self._peak_workers = pool.worker_count()
 
     def __repr__(self) -> str:
-        return f"<ggopool.prometheus.InstrumentedPool {self._pool!r}>"
-
-    @property
-    def pool(self) -> Pool:
-        """The pool the tasks run on."""
-        return self._pool
-
-    @property
-    def name(self) -> str:
-        """The pool's name."""
-        return self._pool.name
+        return f"<ggopool.prometheus.Saturation of pool {self._pool.name!r}>"
 
     @property
     def buckets(self) -> tuple[float, ...]:
         """The upper bounds of the queue-wait histogram's buckets, ``+inf`` last."""
         return self._bounds
 
-    def go(self, fn: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs) -> None:
-        """`ggopool.Pool.go`, measured."""
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {fn!r}")
-        self._pool.go(_Timed((self, fn, args, kwargs, perf_counter())))
+    def task_started(self, task: TaskInfo) -> None:
+        wait = task.started_at - task.queued_at  # type: ignore[operator]  # set by now
+        # The last bound is +inf, so every wait has a bucket.
+        self._wait_buckets[bisect_left(self._bounds, wait)] += 1
+        self._wait_sum += wait
+        running = self._running + 1
+        self._running = running
+        if running > self._peak_running:
+            self._peak_running = running
 
-    def ctx_go(
-        self,
-        ctx: Context,
-        fn: Callable[P, object],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> None:
-        """`ggopool.Pool.ctx_go`, measured."""
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {fn!r}")
-        self._pool.ctx_go(ctx, _Timed((self, fn, args, kwargs, perf_counter())))
+    def task_finished(self, task: TaskInfo, outcome: str, exc: BaseException | None) -> None:
+        if outcome != "cancelled":  # a cancelled task never started
+            self._running -= 1
 
-    def try_go(self, fn: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs) -> bool:
-        """`ggopool.Pool.try_go`, measured."""
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {fn!r}")
-        return self._pool.try_go(_Timed((self, fn, args, kwargs, perf_counter())))
-
-    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]:
-        """`ggopool.Pool.submit`, measured."""
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {fn!r}")
-        return self._pool.submit(_timed(self, fn, args, kwargs))
-
-    def group(self, cancel_on_error: bool = False) -> TaskGroup:
-        """`ggopool.Pool.group`, whose tasks are measured."""
-        return _InstrumentedGroup(self, cancel_on_error)
+    def worker_started(self, pool: Pool) -> None:
+        # Workers are added only as they start, so sampling here sees every peak.
+        workers = pool.worker_count()
+        if workers > self._peak_workers:
+            self._peak_workers = workers
 
     def _after_fork_in_child(self) -> None:
         # The parent's counts are the parent's (in multiprocess mode it publishes them):
@@ -302,16 +200,24 @@ class InstrumentedPool:
         return peaks
 
 
-#: Every live InstrumentedPool, so that a collector finds the ones of the pools it reports.
-_instrumented: weakref.WeakSet[InstrumentedPool] = weakref.WeakSet()
+def saturation(pool: Pool) -> Saturation | None:
+    """The `Saturation` instrument `instrument` attached to ``pool``, or None."""
+    for attached in pool.instruments:
+        if isinstance(attached, Saturation):
+            return attached
+    return None
+
+
 #: Every live MultiProcessPublisher, for the reset after a fork.
 _publishers: weakref.WeakSet[MultiProcessPublisher] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
     # Registered after ggopool's own (which empties every pool), so it sees them empty.
-    for instrumented in list(_instrumented):
-        instrumented._after_fork_in_child()
+    for pool in list(all_pools):
+        measured = saturation(pool)
+        if measured is not None:
+            measured._after_fork_in_child()
     for publisher in list(_publishers):
         publisher._after_fork_in_child()
 
@@ -337,33 +243,39 @@ def _check_buckets(buckets: object) -> tuple[float, ...]:
     return tuple(bounds)
 
 
-def instrument(pool: Pool, buckets: Sequence[float] = DEFAULT_BUCKETS) -> InstrumentedPool:
-    """Measure ``pool``'s queue wait and peaks for the tasks queued through the returned
-    `InstrumentedPool`; a pool that is not instrumented pays nothing.
+def instrument(pool: PoolT, buckets: Sequence[float] = DEFAULT_BUCKETS) -> PoolT:
+    """Measure ``pool``'s queue wait and peaks, for every task whatever method queued it;
+    return ``pool`` itself. A pool that is not instrumented pays nothing.
 
-    ``buckets`` are the histogram's upper bounds in seconds, increasing (``+Inf`` is
-    added). Instrumenting a pool again returns the same object; with other buckets it
-    raises ValueError.
+    Example::
+
+        notify = instrument(ggopool.new_pool("notify", 100))
+        notify.go(send_webhook, order_id)        # measured, as is every other method
+
+    It attaches a `Saturation` instrument (`ggopool.Pool.add_instrument`): tasks queued
+    from now on are measured. ``buckets`` are the histogram's upper bounds in seconds,
+    increasing (``+Inf`` is added). Instrumenting a pool again changes nothing; with
+    other buckets it raises ValueError. ``pool.remove_instrument(saturation(pool))``
+    undoes it.
     """
     if not isinstance(pool, Pool):
         raise TypeError(f"pool must be a ggopool.Pool, got {pool!r}")
     bounds = _check_buckets(buckets)
-    for existing in _instrumented:
-        if existing._pool is pool:
-            if existing._bounds != bounds:
-                raise ValueError(
-                    f"pool {pool.name!r} is already instrumented with buckets "
-                    f"{existing._bounds[:-1]!r}, got {tuple(buckets)!r}"
-                )
-            return existing
-    instrumented = InstrumentedPool(pool, bounds)
-    _instrumented.add(instrumented)
-    return instrumented
+    existing = saturation(pool)
+    if existing is not None:
+        if existing._bounds != bounds:
+            raise ValueError(
+                f"pool {pool.name!r} is already instrumented with buckets "
+                f"{existing._bounds[:-1]!r}, got {tuple(buckets)!r}"
+            )
+        return pool
+    pool.add_instrument(Saturation(pool, bounds))
+    return pool
 
 
 # -- the collector --------------------------------------------------------------------------
 
-_Pools = Iterable[Pool | InstrumentedPool]
+_Pools = Iterable[Pool]
 
 
 class PoolCollector:
@@ -377,10 +289,11 @@ class PoolCollector:
 
     * It reports the default pool (``default=True``), every pool in ggopool's registry at
       the time of the scrape (``registered=True``, see `ggopool.register_pool`), and the
-      ``pools`` given: pools or `InstrumentedPool` objects, or a callable that returns them
-      at each scrape. Each pool once, labelled ``pool="<name>"``; two different pools with
-      the same name make the scrape raise ValueError.
-    * Each scrape calls each pool's ``stats()``: gauges ``ggopool_cap``,
+      ``pools`` given: pools, or a callable that returns them at each scrape. Each pool
+      once, labelled ``pool="<name>"``; two different pools with the same name make the
+      scrape raise ValueError.
+    * Each scrape calls each pool's ``stats()``: gauges ``ggopool_cap`` (``+Inf`` for an
+      unbounded cap, the default pool's),
       ``ggopool_workers``, ``ggopool_workers_idle``, ``ggopool_tasks_running``,
       ``ggopool_tasks_pending``; counters ``ggopool_tasks_submitted_total``,
       ``..._completed_total``, ``..._failed_total``, ``..._cancelled_total``,
@@ -423,13 +336,11 @@ class PoolCollector:
 
     @staticmethod
     def _check_pools(pools: object) -> list[Pool]:
-        rule = "pools must be an iterable of ggopool.Pool or InstrumentedPool"
+        rule = "pools must be an iterable of ggopool.Pool"
         if isinstance(pools, (str, bytes)) or not isinstance(pools, Iterable):
             raise TypeError(f"{rule}, got {pools!r}")
         found: list[Pool] = []
         for pool in pools:
-            if isinstance(pool, InstrumentedPool):
-                pool = pool.pool
             if not isinstance(pool, Pool):
                 raise TypeError(f"{rule}, got {pool!r} in it")
             found.append(pool)
@@ -455,30 +366,32 @@ class PoolCollector:
     def describe(self) -> list[Metric]:
         """The metrics' names and types, without reading any pool (so registering with a
         registry does not end a period of the peaks)."""
-        return self._families([], lambda instrumented: (0, 0))
+        return self._families([], lambda measured: (0, 0))
 
     def collect(self) -> list[Metric]:
         """Read every pool now; ends the peaks' period."""
-        return self._families(self.pools(), InstrumentedPool._take_peaks)
+        return self._families(self.pools(), Saturation._take_peaks)
 
     def _families(
-        self, pools: list[Pool], peaks: Callable[[InstrumentedPool], tuple[int, int]]
+        self, pools: list[Pool], peaks: Callable[[Saturation], tuple[int, int]]
     ) -> list[Metric]:
         gauges = [GaugeMetricFamily(name, doc, labels=_LABELS) for name, doc, _ in _GAUGES]
         counters = [CounterMetricFamily(name, doc, labels=_LABELS) for name, doc, _ in _COUNTERS]
         wait = HistogramMetricFamily(*_WAIT, labels=_LABELS)
         peak_running = GaugeMetricFamily(*_PEAK_RUNNING, labels=_LABELS)
         peak_workers = GaugeMetricFamily(*_PEAK_WORKERS, labels=_LABELS)
-        instrumented = {id(i._pool): i for i in list(_instrumented)}
         for pool in pools:
             stats = pool.stats()
             label = [pool.name]
             for family, (_, _, field) in zip(gauges, _GAUGES, strict=True):
-                family.add_metric(label, getattr(stats, field))
+                value = getattr(stats, field)
+                if field == "cap" and value >= UNLIMITED:
+                    value = math.inf  # the default pool's: no bound, not 9.2e18
+                family.add_metric(label, value)
             for counter, (_, _, field) in zip(counters, _COUNTERS, strict=True):
                 counter.add_metric(label, getattr(stats, field))
-            measured = instrumented.get(id(pool))
-            if measured is None or measured._pool is not pool:
+            measured = saturation(pool)
+            if measured is None:
                 continue
             cumulative = 0
             buckets: list[tuple[str, float]] = []
@@ -520,9 +433,11 @@ class MultiProcessPublisher:
     * `publish` writes this process's values now: gauges with prometheus_client's
       ``multiprocess_mode="liveall"`` (one series per live process, labelled ``pid``),
       counters and the queue-wait histogram summed over processes, as prometheus_client
-      does for its own metrics. `start` publishes every ``interval`` seconds on an
-      unreferenced hub timer (it keeps no ``gevent.wait()`` waiting); a scrape sees the
-      other processes' values as they were at most ``interval`` seconds ago.
+      does for its own metrics. `start` publishes at the hub's first turn, then every
+      ``interval`` seconds, on an unreferenced hub timer (it keeps no ``gevent.wait()``
+      waiting); a scrape sees the other processes' values as they were at most
+      ``interval`` seconds ago. A process whose hub never runs (a gunicorn master that
+      imported the application with ``--preload``) never publishes.
     * `scrape` publishes this process's values, renders every process's files (with
       ``MultiProcessCollector``), and marks the scrape in the directory. Each process's
       next publication then starts a new period of its peaks; until then its peaks keep
@@ -551,7 +466,7 @@ class MultiProcessPublisher:
         self._scrapes = os.path.join(path, SCRAPES_FILE)
         self._seen_scrapes: tuple[int, int] | None = None
         # Per instrumented pool: the peaks of the period the next scrape will report.
-        self._periods: weakref.WeakKeyDictionary[InstrumentedPool, tuple[int, int]] = (
+        self._periods: weakref.WeakKeyDictionary[Saturation, tuple[int, int]] = (
             weakref.WeakKeyDictionary()
         )
         self._values: dict[tuple[str, str, tuple[tuple[str, str], ...]], Any] = {}
@@ -574,11 +489,15 @@ class MultiProcessPublisher:
         return self._path
 
     def start(self) -> None:
-        """Publish now and then every ``interval`` seconds, on this thread's hub."""
+        """Publish as soon as this thread's hub runs, then every ``interval`` seconds.
+
+        Not before the hub runs: a gunicorn master that imports the application
+        (``--preload``) never runs gevent's hub, serves nothing, and so never publishes a
+        series of its own; each worker forked from it publishes from its first turn.
+        """
         if self._timer is not None:
             return
-        self.publish()
-        timer = gevent.get_hub().loop.timer(self._interval, self._interval, ref=False)
+        timer = gevent.get_hub().loop.timer(0.0, self._interval, ref=False)
         timer.start(self.publish)
         self._timer = timer
 
@@ -602,14 +521,14 @@ class MultiProcessPublisher:
         self._seen_scrapes = mark
         periods = self._periods
 
-        def peaks(instrumented: InstrumentedPool) -> tuple[int, int]:
+        def peaks(measured: Saturation) -> tuple[int, int]:
             # The peaks since this process's last publication. After a scrape, the period
             # before it was reported: the new one starts with them, which no scrape saw.
-            running, workers = instrumented._take_peaks()
-            if not scraped and instrumented in periods:
-                before_running, before_workers = periods[instrumented]
+            running, workers = measured._take_peaks()
+            if not scraped and measured in periods:
+                before_running, before_workers = periods[measured]
                 running, workers = max(running, before_running), max(workers, before_workers)
-            periods[instrumented] = (running, workers)
+            periods[measured] = (running, workers)
             return running, workers
 
         for family in self._collector._families(self._collector.pools(), peaks):

@@ -111,9 +111,9 @@ class CountedPool:
     ``completed + failed`` once ``task_count`` and ``running`` are 0)."""
 
     def __init__(self, name: str, cap: int) -> None:
-        self.pool = ggopool.new_pool(name, cap)
+        # Every task measured (queue wait and peaks in /metrics), whatever method queued it.
+        self.pool = instrument(ggopool.new_pool(name, cap))
         self.pool.set_panic_handler(self._on_panic)
-        self.measured = instrument(self.pool)  # queue wait and peaks in /metrics
         self.submitted = 0
         self.completed = 0
         self.failed = 0
@@ -123,7 +123,7 @@ class CountedPool:
 
     def go(self, fn: Callable[..., object], /, *args: object) -> None:
         self.submitted += 1
-        self.measured.go(self._run, fn, args)
+        self.pool.go(self._run, fn, args)
         # Workers start only inside go() (or set_cap), so sampling here sees every peak.
         self.peak_workers = max(self.peak_workers, self.pool.worker_count())
 
@@ -208,16 +208,12 @@ class Process:
         self.dashboards = 0
         self.warmups = 0
         self._audit_fd: int | None = None
-        # /metrics: this process's pools, or with PROMETHEUS_MULTIPROC_DIR set (gunicorn)
-        # every process's, published by each process every second and at each scrape.
-        collector = PoolCollector([self.background.measured, self.fanout.measured])
+        # /metrics: this process's pools (with PROMETHEUS_MULTIPROC_DIR set, PUBLISHER's).
         self.registry = CollectorRegistry()
-        self.publisher: MultiProcessPublisher | None = None
-        if multiprocess_mode():
-            self.publisher = MultiProcessPublisher(collector)
-            self.publisher.start()
-        else:
-            self.registry.register(collector)
+        self.registry.register(PoolCollector(self.pools))
+
+    def pools(self) -> list[ggopool.Pool]:
+        return [self.background.pool, self.fanout.pool]
 
     def client(self, host: str, port: int, concurrency: int) -> HTTPClient:
         key = (host, port)
@@ -288,6 +284,21 @@ def process() -> Process:
     if _process is None or _process.pid != os.getpid():
         _process = Process(_settings if _settings is not None else Settings.from_env())
     return _process
+
+
+def _pools_of_this_process() -> list[ggopool.Pool]:
+    return process().pools()
+
+
+#: With PROMETHEUS_MULTIPROC_DIR set (gunicorn), /metrics answers for every process: each
+#: publishes its pools every second and at each scrape. Made and started at import, as an
+#: application would. Under ``--preload`` the master imports this module too, but it never
+#: runs gevent's hub, so it never publishes; each worker publishes from its hub's first turn.
+PUBLISHER = (
+    MultiProcessPublisher(PoolCollector(_pools_of_this_process)) if multiprocess_mode() else None
+)
+if PUBLISHER is not None:
+    PUBLISHER.start()
 
 
 def start_worker_process() -> None:
@@ -420,8 +431,7 @@ def get_dashboard(proc: Process, environ: WSGIEnvironment) -> Response:
 
 
 def get_metrics(proc: Process) -> Response:
-    publisher = proc.publisher
-    body = publisher.scrape() if publisher is not None else generate_latest(proc.registry)
+    body = PUBLISHER.scrape() if PUBLISHER is not None else generate_latest(proc.registry)
     return "200 OK", body, CONTENT_TYPE_LATEST
 
 

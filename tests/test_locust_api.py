@@ -16,6 +16,7 @@ SCRIPT = textwrap.dedent(
     import gevent
     import ggopool
     from ggopool import locust as gl
+    from tests.pool_surface import exercise
 
 
     def refused(call, exc_type, message):
@@ -28,37 +29,42 @@ SCRIPT = textwrap.dedent(
 
 
     pool = ggopool.new_pool("api", 2)
-    tracked = gl.track(pool)
-    assert gl.track(pool) is tracked
-    assert (tracked.name, tracked.pool) == ("api", pool)
-    assert repr(tracked).startswith("<ggopool.locust.TrackedPool 'api' "), repr(tracked)
-    refused(lambda: tracked.go(3), TypeError, "fn must be callable, got 3")
-    refused(lambda: tracked.ctx_go(contextvars.Context(), 3), TypeError, "fn must be callable, got 3")
-    refused(lambda: tracked.group().go(3), TypeError, "fn must be callable, got 3")
+    assert gl.track(pool) is pool
+    assert gl.track(pool) is pool
+    [tracker] = pool.instruments
+    assert repr(tracker).startswith("<ggopool.locust tracker of pool 'api': "), repr(tracker)
     refused(lambda: gl.track("p"), TypeError, "pool must be a ggopool.Pool, got 'p'")
-    refused(lambda: gl.track(pool, drain_timeout=True), TypeError,
-            "drain_timeout must be a number of seconds >= 0, got True")
-    refused(lambda: gl.track(pool, drain_timeout=-1), ValueError,
-            "drain_timeout must be a number of seconds >= 0, got -1")
+    rule = "drain_timeout must be None or a number of seconds >= 0"
+    refused(lambda: gl.track(pool, drain_timeout=True), TypeError, f"{rule}, got True")
+    refused(lambda: gl.track(pool, drain_timeout=-1), ValueError, f"{rule}, got -1")
     refused(lambda: gl.track(ggopool.new_pool("api", 1)), ValueError,
             "a pool named 'api' is already tracked")
     assert gl._counts_from("not a report") == {}
+    assert pool.instruments == (tracker,)  # nothing refused was attached
 
     seen = []
     hub = gevent.get_hub()
     hub.handle_error = lambda context, t, v, tb: seen.append((repr(context), t))
     out = []
-    tracked.ctx_go(contextvars.Context(), out.append, 1)
-    group = tracked.group()
+    pool.ctx_go(contextvars.Context(), out.append, 1)
+    group = pool.group()
     task = group.go(lambda: 7)
-    tracked.go(lambda: 1 / 0)
+    pool.go(lambda x: 1 / x, 0)
     assert group.wait(5) and task.get() == 7
     assert pool.join(5)
     assert out == [1]
     # No Locust run to count it in: reported as ggopool reports it without a handler.
-    assert seen == [("<task <lambda> of pool 'api'>", ZeroDivisionError)], seen
-    counts = tracked.counts()
-    assert (counts.submitted, counts.run, counts.failed) == (3, 3, 1), counts
+    assert seen == [("<task <lambda>(0) of pool 'api'>", ZeroDivisionError)], seen
+    assert gl.counts()["api"] == gl.PoolCounts(3, 3, 1, 0, 2), gl.counts()
+
+    # Every public method works on a tracked pool, and each task is counted once.
+    surface = gl.track(ggopool.new_pool("surface", 4))
+    found = exercise(surface)
+    counted = gl.counts()["surface"]
+    assert counted.submitted == found.queued, counted
+    assert counted.run == found.started, counted
+    assert counted.cancelled == found.cancelled, counted
+    assert counted.failed == 0, counted
     print("ok")
     """
 )

@@ -15,18 +15,20 @@ import pytest
 from gevent import subprocess
 from gevent.event import Event
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 import ggopool
 from ggopool.prometheus import (
     DEFAULT_BUCKETS,
-    InstrumentedPool,
     MultiProcessPublisher,
     PoolCollector,
     instrument,
     multiprocess_mode,
+    saturation,
 )
 from tests.conftest import HubErrors
 from tests.deploy_helpers import imported_with_ggopool, subprocess_env
+from tests.pool_surface import exercise
 from tests.prometheus_helpers import COUNTERS, GAUGES, WAIT, Scrape, assert_matches_stats
 
 _names = iter(range(1_000_000))
@@ -115,7 +117,7 @@ def test_the_default_pool_registered_pools_and_given_pools_are_reported_once_eac
     assert registered.name not in scrape(PoolCollector(registered=False)).pools()
 
     # A callable is asked at each scrape.
-    current: list[ggopool.Pool | InstrumentedPool] = [given]
+    current: list[ggopool.Pool] = [given]
     dynamic = PoolCollector(lambda: current, registered=False, default=False)
     assert scrape(dynamic).pools() == {given.name}
     current = [later, instrument(given)]
@@ -137,7 +139,7 @@ def test_two_pools_with_one_name_make_the_scrape_raise() -> None:
 
 def test_bad_input_raises_a_clear_error_and_changes_nothing() -> None:
     pool = ggopool.new_pool(unique("bad"), 1)
-    rule = "pools must be an iterable of ggopool.Pool or InstrumentedPool"
+    rule = "pools must be an iterable of ggopool.Pool"
     with pytest.raises(TypeError, match=rf"^{rule}, got 'abc'$"):
         PoolCollector("abc")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=rf"^{rule}, got 3$"):
@@ -152,7 +154,7 @@ def test_bad_input_raises_a_clear_error_and_changes_nothing() -> None:
         PoolCollector(default=None)  # type: ignore[arg-type]
 
     with pytest.raises(TypeError, match=r"^pool must be a ggopool.Pool, got 'p'$"):
-        instrument("p")  # type: ignore[arg-type]
+        instrument("p")  # type: ignore[type-var]
     buckets_rule = "buckets must be a non-empty sequence of increasing numbers of seconds > 0"
     for bad in ([], [0.1, 0.05], [0.1, 0.1], [0], [-1.0], [math.nan]):
         with pytest.raises(ValueError, match=rf"^{buckets_rule}, got \[.*\]$"):
@@ -160,16 +162,15 @@ def test_bad_input_raises_a_clear_error_and_changes_nothing() -> None:
     for wrong in ("0.1", 0.1, [True], ["0.1"], None):
         with pytest.raises(TypeError, match=rf"^{buckets_rule}, got .*$"):
             instrument(pool, wrong)  # type: ignore[arg-type]
-    measured = instrument(pool, [0.5, 1])
+    assert saturation(pool) is None
+    assert instrument(pool, [0.5, 1]) is pool
+    measured = saturation(pool)
+    assert measured is not None
     assert measured.buckets == (0.5, 1.0, math.inf)
-    assert instrument(pool, (0.5, 1.0, math.inf)) is measured
+    assert instrument(pool, (0.5, 1.0, math.inf)) is pool
     with pytest.raises(ValueError, match=r"^pool '.*' is already instrumented with buckets"):
         instrument(pool)
-    for method in (measured.go, measured.try_go, measured.submit, measured.group().go):
-        with pytest.raises(TypeError, match=r"^fn must be callable, got 5$"):
-            method(5)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"^fn must be callable, got 5$"):
-        measured.ctx_go(contextvars.copy_context(), 5)  # type: ignore[arg-type]
+    assert pool.instruments == (measured,)  # one instrument, whatever was refused
     assert pool.stats().submitted == 0
 
     collector = PoolCollector()
@@ -188,6 +189,7 @@ def test_bad_input_raises_a_clear_error_and_changes_nothing() -> None:
 
 def test_the_queue_wait_histogram_counts_each_measured_task_at_its_start() -> None:
     pool = ggopool.new_pool(unique("wait"), 1)
+    pool.go(lambda: None)  # queued before it was instrumented: not measured
     measured = instrument(pool)
     release = Event()
     measured.go(release.wait)  # the one worker holds this one
@@ -195,12 +197,11 @@ def test_the_queue_wait_histogram_counts_each_measured_task_at_its_start() -> No
     measured.submit(lambda: None)
     gevent.idle()
     before = scrape(PoolCollector([measured]))
-    assert before.value(WAIT + "_count", pool=pool.name) == 1  # only the first has started
+    assert before.value(WAIT + "_count", pool=pool.name) == 1  # only release.wait started
     gevent.sleep(0.06)  # the two queued tasks wait at least this long
     release.set()
     assert pool.join(10)
-    pool.go(lambda: None)  # not through the instrumented object: not measured
-    assert pool.join(10)
+    assert pool.submit(lambda: None).cancel()  # never starts: not in the histogram
 
     after = scrape(PoolCollector([measured]))
     buckets = after.buckets(pool.name)
@@ -265,53 +266,60 @@ def test_registering_with_a_describing_registry_does_not_end_the_peaks_period() 
     assert "ggopool_task_queue_wait_seconds" in {m.name for m in collector.describe()}
 
 
-def test_measured_tasks_behave_as_the_pools_own(hub_errors: HubErrors) -> None:
-    pool = ggopool.new_pool(unique("behave"), 2)
-    measured = instrument(pool)
-    assert measured.pool is pool
-    assert measured.name == pool.name
-    assert pool.name in repr(measured)
-    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
-    seen: list[str] = []
+def test_every_method_of_an_instrumented_pool_works_and_is_measured() -> None:
+    pool = ggopool.new_pool(unique("surface"), 4)
+    assert instrument(pool) is pool
+    collector = PoolCollector([pool], registered=False, default=False)
+    seen = exercise(pool)
+    found = scrape(collector)
+    assert found.value(WAIT + "_count", pool=pool.name) == seen.started
+    assert found.value("ggopool_tasks_running", pool=pool.name) == 0
+    assert found.value("ggopool_tasks_running_peak", pool=pool.name) == 2  # the two held
+    assert found.value("ggopool_workers_peak", pool=pool.name) >= 2
+    assert scrape(collector).value("ggopool_tasks_running_peak", pool=pool.name) == 0
+    assert_matches_stats(found, pool.stats())
 
-    def add(x: int, y: int = 0) -> int:
-        return x + y
 
-    assert measured.submit(add, 1, y=2).get(timeout=5) == 3
-    assert measured.try_go(seen.append, "try_go")
-    var.set("request")
-    measured.go(lambda: seen.append(var.get()))
-    ctx = contextvars.Context()
-    measured.ctx_go(ctx, lambda: seen.append(var.get()))
-    with measured.group() as g:
-        tasks = [g.go(lambda i: i * i, i) for i in range(3)]
-    assert [t.get() for t in tasks] == [0, 1, 4]
-    assert pool.join(5)
-    assert sorted(seen) == ["request", "try_go", "unset"]
+def test_instrumenting_leaves_the_failure_report_and_failed_task_as_they_were(
+    hub_errors: HubErrors,
+) -> None:
+    pool = instrument(ggopool.new_pool(unique("report"), 2))
 
-    def failing_task() -> None:
-        raise ZeroDivisionError
+    def webhook(order_id: int, retries: int = 0) -> None:
+        raise ZeroDivisionError(order_id)
 
-    # A failure is reported as the pool reports it, naming the caller's function.
-    measured.go(failing_task)
+    pool.go(webhook, 41, retries=3)
     assert pool.join(5)
     [(context, kind, _)] = hub_errors.take()
     assert kind is ZeroDivisionError
-    assert repr(context) == f"<task {failing_task.__qualname__} of pool {pool.name!r}>"
-    handle = measured.submit(failing_task)
+    assert repr(context) == f"<task {webhook.__qualname__}(41, retries=3) of pool {pool.name!r}>"
+    assert (context.task, context.args, context.kwargs) == (webhook, (41,), {"retries": 3})
+
+    calls: list[tuple[str, object, tuple[object, ...]]] = []
+
+    def handler(ctx: contextvars.Context, exc: Exception) -> None:
+        failed = ggopool.failed_task()
+        assert failed is not None
+        calls.append((failed.call, failed.task, failed.args))
+
+    pool.set_panic_handler(handler)
+    pool.go(webhook, 42)
+    pool.spawn(webhook, 43)
     with pytest.raises(ZeroDivisionError):
-        handle.get(timeout=5)
-    assert "failing_task" in repr(handle)
-    # Killed tasks no longer count as running.
-    measured.go(gevent.sleep, 30)
-    measured.go(gevent.sleep, 30)
-    gevent.idle()
-    assert pool.kill(5)
-    collector = PoolCollector([measured])
-    killed = scrape(collector)
-    assert killed.value("ggopool_tasks_running_peak", pool=pool.name) == 2
-    assert killed.value(WAIT + "_count", pool=pool.name) == 11
-    assert scrape(collector).value("ggopool_tasks_running_peak", pool=pool.name) == 0
+        pool.submit(webhook, 44).get(timeout=5)  # to its reader only, as without instruments
+    assert pool.join(5)
+    assert calls == [
+        (f"{webhook.__qualname__}(42)", webhook, (42,)),
+        (f"{webhook.__qualname__}(43)", webhook, (43,)),
+    ]
+    assert scrape(PoolCollector([pool])).value(WAIT + "_count", pool=pool.name) == 4
+
+
+def test_an_unbounded_cap_is_exported_as_plus_inf() -> None:
+    found = scrape(PoolCollector([ggopool.new_pool(unique("bounded"), 3)]))
+    assert found.value("ggopool_cap", pool=ggopool.default_pool().name) == math.inf
+    assert 'ggopool_cap{pool="ggopool.DefaultPool"} +Inf' in found.text
+    assert max(found.samples["ggopool_cap"].values(), key=lambda v: v != math.inf) == 3
 
 
 PUBLISHER_SCRIPT = textwrap.dedent(
@@ -355,7 +363,7 @@ PUBLISHER_SCRIPT = textwrap.dedent(
     publisher.start()
     hold(4)                                       # published by the timer
     with gevent.Timeout(10):
-        while 'ggopool_tasks_submitted_total{pool="mp"} 9.0' not in files():
+        while 'ggopool_tasks_completed_total{pool="mp"} 9.0' not in files():
             gevent.sleep(0.01)
     publisher.start()                             # already started: nothing changes
     publisher.stop()
@@ -451,3 +459,43 @@ def test_the_multiprocess_publisher_writes_values_a_scrape_of_any_process_reads(
     peak = "ggopool_tasks_running_peak"
     assert Scrape(got["before_truncate"]).value(peak, pool="mp", pid=pid) == 2
     assert Scrape(got["after_truncate"]).value(peak, pool="mp", pid=pid) == 0  # a new period
+
+
+MASTER_SCRIPT = textwrap.dedent(
+    """
+    import os, time
+    import gevent
+    from ggopool.prometheus import MultiProcessPublisher, PoolCollector
+
+    # Made and started at import, as an application loaded with gunicorn --preload does:
+    # in the master, whose hub never runs.
+    publisher = MultiProcessPublisher(PoolCollector(), interval=0.05)
+    publisher.start()
+    child = gevent.fork()
+    if child == 0:
+        gevent.sleep(0.2)  # a worker: its hub runs, and it publishes
+        os._exit(0)
+    os.waitpid(child, 0)  # not monkey-patched: the master's hub does not run
+    time.sleep(0.2)
+    print(os.getpid(), child)
+    """
+)
+
+
+def test_a_publisher_started_where_the_hub_never_runs_publishes_nothing(tmp_path: Path) -> None:
+    directory = tmp_path / "multiproc"
+    directory.mkdir()
+    out = subprocess.run(
+        [sys.executable, "-c", MASTER_SCRIPT],
+        env=subprocess_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    _master, child = out.stdout.split()
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    found = Scrape(generate_latest(registry).decode())
+    assert {labels["pid"] for labels in found.labels("ggopool_workers")} == {child}
+    assert found.value("ggopool_cap", pool="ggopool.DefaultPool", pid=child) == math.inf

@@ -36,6 +36,7 @@ from tests.prometheus_helpers import (
     WAIT,
     Scrape,
     assert_matches_stats,
+    expected,
 )
 
 POOLS = ("background", "fanout", "ggopool.DefaultPool")
@@ -71,7 +72,8 @@ def mismatches(metrics: Scrape, by_pid: dict[int, dict[str, Any]]) -> list[str]:
     for pool in POOLS:
         for name in GAUGES:
             for pid, s in by_pid.items():
-                want = float(s["pool_stats"][pool][STATS_SAMPLES[name]])
+                field = STATS_SAMPLES[name]
+                want = expected(field, s["pool_stats"][pool][field])
                 got = metrics.samples[name].get((("pid", str(pid)), ("pool", pool)))
                 if got != want:
                     wrong.append(f"{name}{{pid={pid}, pool={pool}}} {got} != {want}")

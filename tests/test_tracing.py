@@ -16,9 +16,14 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry, generate_latest
 
 import ggopool
-from ggopool.prometheus import instrument
+import ggopool.otel
+from ggopool.prometheus import PoolCollector, instrument
+from tests.conftest import HubErrors
+from tests.pool_surface import exercise
+from tests.prometheus_helpers import WAIT, Scrape
 
 
 class Spans:
@@ -47,6 +52,12 @@ def spans() -> Iterator[Spans]:
     s = Spans()
     yield s
     s.provider.shutdown()
+
+
+def registry_of(pool: ggopool.Pool) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(PoolCollector([pool], registered=False, default=False))
+    return registry
 
 
 def parent_of(span: ReadableSpan) -> int | None:
@@ -84,7 +95,7 @@ def test_go_submit_ctx_go_try_go_and_spawn_tasks_are_children_of_the_submitting_
     # Nothing has run yet: go() queues and returns, as gevent.spawn does.
     assert set(spans.ended()) == {"request"}
     assert pool.join(10)
-    assert measured.pool.join(10)
+    assert measured.join(10)
     assert ggopool.default_pool().join(10)
     submitted.get(timeout=1)
     spawned.get(timeout=1)
@@ -251,3 +262,164 @@ def test_a_decorated_task_names_its_own_span(spans: Spans) -> None:
         task = pool.submit(send_webhook, 7)
     assert task.get(timeout=10) == 7
     assert_children(spans.ended(), "order", ["send_webhook"])
+
+
+# -- ggopool.otel: a span for each task -------------------------------------------------------
+
+
+def traced_pool(spans: Spans, name: str, cap: int = 2) -> ggopool.Pool:
+    pool = ggopool.otel.instrument(ggopool.new_pool(name, cap), spans.provider)
+    assert ggopool.otel.instrument(pool, spans.provider) is pool  # again: changes nothing
+    [tracer] = pool.instruments
+    assert isinstance(tracer, ggopool.otel.TaskTracer)
+    return pool
+
+
+def test_each_task_has_a_span_child_of_the_submitter_with_its_wait_and_run_time(
+    spans: Spans,
+) -> None:
+    pool = traced_pool(spans, "otel-spans", cap=1)
+    release = Event()
+
+    def send_webhook(order_id: int, retries: int = 0) -> None:
+        release.wait()
+        spans.child("inside")
+
+    with spans.tracer.start_as_current_span("POST /orders"):
+        pool.go(send_webhook, 41, retries=3)
+        pool.go(spans.child, "second")  # waits for the one worker
+        ctx = contextvars.copy_context()
+    pool.ctx_go(ctx, abs, -1)  # its span's parent: the span current in ctx
+    gevent.idle()
+    gevent.sleep(0.05)
+    release.set()
+    assert pool.join(10)
+
+    tasks = {
+        span.attributes["ggopool.task.call"]: span
+        for span in spans.exporter.get_finished_spans()
+        if span.attributes and "ggopool.task.call" in span.attributes
+    }
+    assert set(tasks) == {
+        f"{send_webhook.__qualname__}(41, retries=3)",
+        "Spans.child('second')",
+        "abs(-1)",
+    }
+    webhook = tasks[f"{send_webhook.__qualname__}(41, retries=3)"]
+    assert webhook.name == send_webhook.__qualname__
+    assert webhook.kind is trace.SpanKind.INTERNAL
+    assert webhook.attributes is not None
+    assert webhook.attributes["ggopool.pool"] == "otel-spans"
+    assert webhook.attributes["ggopool.task.outcome"] == "completed"
+    run_time = webhook.attributes["ggopool.task.run_time"]
+    assert isinstance(run_time, float)
+    assert run_time >= 0.05  # it waited for release
+    second = tasks["Spans.child('second')"]
+    assert second.attributes is not None
+    wait = second.attributes["ggopool.task.queue_wait"]
+    assert isinstance(wait, float)
+    assert wait >= 0.05  # queued behind the webhook
+    assert second.start_time is not None
+    assert second.events[0].name == "ggopool.task.started"
+    assert second.events[0].timestamp - second.start_time >= 0.05e9
+    found = spans.ended()
+    for span in tasks.values():
+        assert found["POST /orders"].context is not None
+        assert span.parent is not None
+        assert span.parent.span_id == found["POST /orders"].context.span_id
+    # The spans a task opens are children of its span.
+    assert found["inside"].parent is not None
+    assert webhook.context is not None
+    assert found["inside"].parent.span_id == webhook.context.span_id
+    assert found["second"].parent is not None
+    assert second.context is not None
+    assert found["second"].parent.span_id == second.context.span_id
+
+
+def test_a_failed_task_span_has_the_error_and_the_report_is_unchanged(
+    spans: Spans, hub_errors: HubErrors
+) -> None:
+    pool = traced_pool(spans, "otel-fail")
+    calls: list[str] = []
+
+    def boom(order_id: int) -> None:
+        raise ZeroDivisionError(order_id)
+
+    def handler(ctx: contextvars.Context, exc: Exception) -> None:
+        failed = ggopool.failed_task()
+        assert failed is not None
+        # The panic handler runs in the task's context: the task's span (ended by now) is
+        # current, so what it logs carries the task's span id.
+        calls.append(f"{failed.call} {trace.get_current_span().name}")  # type: ignore[attr-defined]
+
+    pool.go(boom, 7)
+    assert pool.join(10)
+    [(context, kind, _)] = hub_errors.take()
+    assert kind is ZeroDivisionError
+    assert repr(context) == f"<task {boom.__qualname__}(7) of pool 'otel-fail'>"
+    pool.set_panic_handler(handler)
+    pool.go(boom, 8)
+    assert pool.join(10)
+    assert calls == [f"{boom.__qualname__}(8) {boom.__qualname__}"]
+    failed = [s for s in spans.exporter.get_finished_spans() if s.name == boom.__qualname__]
+    assert len(failed) == 2
+    for span in failed:
+        assert span.status.status_code is trace.StatusCode.ERROR
+        assert span.attributes is not None
+        assert span.attributes["ggopool.task.outcome"] == "failed"
+        assert [event.name for event in span.events] == ["ggopool.task.started", "exception"]
+
+
+def test_a_task_cancelled_before_it_started_has_a_span_saying_so(spans: Spans) -> None:
+    pool = traced_pool(spans, "otel-cancel", cap=1)
+    release = Event()
+    pool.go(release.wait)
+    gevent.idle()
+    with spans.tracer.start_as_current_span("request"):
+        task = pool.submit(abs, -3)
+    assert task.cancel()
+    release.set()
+    assert pool.join(10)
+    [span] = [s for s in spans.exporter.get_finished_spans() if s.name == "abs"]
+    assert span.attributes is not None
+    assert span.attributes["ggopool.task.outcome"] == "cancelled"
+    assert "ggopool.task.run_time" not in span.attributes
+    assert span.events == ()
+    assert span.parent is not None
+    request = spans.ended()["request"].context
+    assert request is not None
+    assert span.parent.span_id == request.span_id
+
+
+def test_every_method_of_a_pool_traced_and_measured_works_and_has_a_span_per_task(
+    spans: Spans,
+) -> None:
+    pool = instrument(traced_pool(spans, "otel-surface", cap=4))
+    seen = exercise(pool)
+    tasks = [
+        s
+        for s in spans.exporter.get_finished_spans()
+        if s.attributes and s.attributes.get("ggopool.pool") == "otel-surface"
+    ]
+    assert len(tasks) == seen.queued
+    outcomes = [s.attributes["ggopool.task.outcome"] for s in tasks if s.attributes]
+    assert outcomes.count("cancelled") == seen.cancelled
+    assert outcomes.count("killed") == seen.killed
+    assert outcomes.count("completed") == seen.started - seen.killed
+    found = Scrape(generate_latest(registry_of(pool)).decode())
+    assert found.value(WAIT + "_count", pool="otel-surface") == seen.started
+
+
+def test_record_arguments_false_leaves_the_call_out(spans: Spans) -> None:
+    pool = ggopool.otel.instrument(
+        ggopool.new_pool("otel-quiet", 1), spans.provider, record_arguments=False
+    )
+    pool.go(abs, -99)
+    assert pool.join(10)
+    [span] = spans.exporter.get_finished_spans()
+    assert span.attributes is not None
+    assert "ggopool.task.call" not in span.attributes
+    with pytest.raises(TypeError, match=r"^record_arguments must be a bool, got 1$"):
+        ggopool.otel.instrument(pool, record_arguments=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^pool must be a ggopool.Pool, got 'p'$"):
+        ggopool.otel.instrument("p")  # type: ignore[type-var]
