@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -17,7 +18,7 @@ from greenlet import GreenletExit, getcurrent
 
 from ggopool._config import check_int_at_least, check_timeout
 from ggopool._entry import NO_KWARGS
-from ggopool._errors import PoolFull
+from ggopool._errors import PoolClosed, PoolFull
 from ggopool._task import Task as _Task
 from ggopool._task import as_exception
 
@@ -35,29 +36,126 @@ T = TypeVar("T")
 
 
 class _Membership:
-    """A pool's members, and the Event that wakes those waiting for room among them."""
+    """A pool's members, the Event that wakes those waiting for room among them, and
+    the `RoomSignal` a gevent server links to."""
 
-    __slots__ = ("left", "pool", "room", "tasks")
+    __slots__ = ("left", "pool", "room", "signal", "tasks")
 
     def __init__(self, pool: GeventPoolMixin) -> None:
         self.tasks: set[Any] = set()
         self.room: Event | None = None  # set when a member leaves, if someone waits
+        self.signal: RoomSignal | None = None  # made when a server first asks for it
         self.pool = weakref.ref(pool)  # not the pool itself: it would never be collected
         # One bound method for every member's hook, not one made per task.
         self.left: Callable[[Any], None] = self._left
 
     def _left(self, task: Any) -> None:
         self.tasks.discard(task)
-        if self.room is not None:
+        if self.room is not None or self.signal is not None:
             pool = self.pool()
             if pool is not None:
                 self.check_room(pool._cap)
 
-    def check_room(self, cap: int) -> None:
+    def check_room(self, cap: int, cap_changed: bool = False) -> None:
         room = self.room
         if room is not None and len(self.tasks) < cap:
             self.room = None
             room.set()
+        signal = self.signal
+        if signal is not None and signal._links:
+            # A member leaving wakes the links only as the pool stops being full (a
+            # server stops accepting only when it is full), not on every member's end.
+            n = len(self.tasks)
+            if n == cap - 1 or (cap_changed and n < cap):
+                signal._schedule()
+
+
+class RoomSignal:
+    """What a gevent server links to, to learn that its pool has room again.
+
+    A gevent server given ``spawn=pool`` stops accepting connections while
+    ``pool.full()`` and waits for a connection to end before it accepts again. It
+    learns of that through ``pool._semaphore``, which in ``gevent.pool.Pool`` is the
+    Semaphore that counts free places. ``gevent.baseserver.BaseServer`` (gevent 1.0 to
+    26 at least) reads it in three places, and uses only ``rawlink`` and ``unlink``:
+
+    * ``set_spawn`` (the server's construction): ``pool._semaphore.rawlink(cb)``;
+    * ``_do_read``, when ``pool.full()``: it stops accepting, then ``rawlink(cb)`` again;
+    * ``close`` (and so ``stop``): ``pool._semaphore.unlink(cb)``.
+
+    ``cb`` starts accepting again if the server is started. A ggopool pool's
+    ``_semaphore`` is this object, which offers exactly that: `rawlink` and `unlink`,
+    with a gevent Semaphore's meaning. It is not a semaphore: it cannot be acquired.
+
+    Rules:
+
+    * A callback linked is called from the hub, with this object as its argument, soon
+      after the pool stops being full (a member ends while ``cap`` members were held,
+      or `Pool.set_cap` makes room), and soon after `rawlink` if the pool has room
+      then. It stays linked until `unlink`, as with a Semaphore.
+    * Linking a callback already linked does nothing more (a server links the same
+      one each time its pool fills); `unlink` of one not linked does nothing.
+    * A closed pool takes no new link: ``rawlink`` raises `PoolClosed`, so a server
+      given a pool closed before it is handed over fails at its construction.
+    * An exception from a callback goes to the hub's error handler, as gevent's do,
+      and the other callbacks are still called.
+    """
+
+    __slots__ = ("_links", "_membership", "_scheduled")
+
+    def __init__(self, membership: _Membership) -> None:
+        self._links: list[Callable[[Any], object]] = []
+        self._membership = membership
+        self._scheduled = False
+
+    def rawlink(self, callback: Callable[[Any], object]) -> None:
+        """Call ``callback(self)`` from the hub whenever the pool has room again."""
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r}")
+        if callback in self._links:
+            return
+        pool = self._membership.pool()
+        if pool is None:
+            return
+        if cast("Pool", pool)._closed:
+            raise PoolClosed(
+                f"pool {pool._name!r} is closed: a closed pool cannot take a server's "
+                "connections (give the server an open pool)"
+            )
+        self._links.append(callback)
+        if len(self._membership.tasks) < pool._cap:
+            self._schedule()
+
+    def unlink(self, callback: Callable[[Any], object]) -> None:
+        """Stop calling ``callback``."""
+        if callback in self._links:
+            self._links.remove(callback)
+
+    def linkcount(self) -> int:
+        """How many callbacks are linked."""
+        return len(self._links)
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            pool = self._membership.pool()
+            if pool is not None:
+                self._scheduled = True
+                pool._hub.loop.run_callback(self._notify)
+
+    def _notify(self) -> None:
+        self._scheduled = False
+        membership = self._membership
+        pool = membership.pool()
+        if pool is None:
+            return
+        for callback in list(self._links):
+            # As a Semaphore's links: each only while there is room, and still linked.
+            if len(membership.tasks) >= pool._cap or callback not in self._links:
+                continue
+            try:
+                callback(self)
+            except BaseException:  # noqa: BLE001 - reported as gevent reports a link's error
+                pool._hub.handle_error(callback, *sys.exc_info())
 
 
 _NO_MEMBERS: frozenset[Any] = frozenset()
@@ -93,6 +191,19 @@ class GeventPoolMixin:
             membership = _membership[id(self)] = _Membership(self)
             weakref.finalize(self, _membership.pop, id(self), None)
         return membership
+
+    @property
+    def _semaphore(self) -> RoomSignal:
+        """The `RoomSignal` gevent's servers read as ``pool._semaphore``; see there.
+
+        A gevent server given ``spawn=pool`` links to it to resume accepting when a
+        connection ends and the pool is no longer `full`. Made on first use.
+        """
+        membership = self._membership()
+        signal = membership.signal
+        if signal is None:
+            signal = membership.signal = RoomSignal(membership)
+        return signal
 
     @property
     def _members(self) -> set[Any] | frozenset[Any]:
@@ -178,7 +289,7 @@ class GeventPoolMixin:
     def _check_room(self) -> None:
         membership = _membership.get(id(self))
         if membership is not None:
-            membership.check_room(self._cap)
+            membership.check_room(self._cap, cap_changed=True)
 
     def _wait_for_room(self, blocking: bool, timeout: float | None) -> bool:
         """Wait until the pool holds fewer than ``cap`` members: True, or False if

@@ -9,6 +9,7 @@ own too: some set class attributes of gevent's test base at import time)::
     python -m tests.gevent_suite --diff     # also show every line the shim changed
     python -m tests.gevent_suite --gevent   # the same files, unchanged, against gevent
     python -m tests.gevent_suite --min-passed 230   # exit 1 below that many passes
+    python -m tests.gevent_suite --servers  # gevent's server tests, servers given a pool
 
 The rewrites, and nothing else (a line that matches none of them is run as gevent wrote it):
 
@@ -24,6 +25,12 @@ The rewrites, and nothing else (a line that matches none of them is run as geven
 
 ``pool.spawn``, ``gevent.joinall``, ``gevent.killall``, ``gevent.kill``, ``gevent.wait``
 and every other call are left as they are: they must work with ggopool's tasks and pools.
+
+``--servers`` runs gevent's server tests instead (``test__server.py``,
+``test__server_pywsgi.py``, ``test__pywsgi.py``), with only the lines that choose a
+server's ``spawn=`` rewritten, so that every server that would spawn its handlers through
+gevent is given a ggopool pool (see `SERVER_REWRITES`); their other lines, ``gevent.spawn``
+included, stay gevent's.
 
 A test "touched ggopool" if it made at least one ggopool task or pool; a pass that did not
 (a test of gevent's raw greenlets, say) is counted apart, so the pass count is not padded
@@ -60,6 +67,29 @@ FILES: dict[str, frozenset[str] | None] = {
     ),
 }
 
+#: gevent's server tests (``--servers``); test__server_pywsgi.py imports test__server.py,
+#: which is loaded shimmed first (`DEPENDS`).
+SERVER_FILES: dict[str, frozenset[str] | None] = {
+    "test__server": None,
+    "test__server_pywsgi": None,
+    "test__pywsgi": None,
+}
+
+#: The shimmed files a file imports, loaded before it under their own module names.
+DEPENDS: dict[str, tuple[str, ...]] = {"test__server_pywsgi": ("test__server",)}
+
+#: (pattern, replacement) for the server files: the lines that choose a server's spawn.
+#: test__server.py's ``get_spawn`` gives each server its ``spawn=``: ``gevent.spawn``
+#: becomes a ggopool pool with no cap (what ``gevent.spawn`` bounds), and ``2`` (which
+#: gevent turns into ``gevent.pool.Pool(2)``) a ggopool pool of cap 2. ``None`` (handle in
+#: the hub) and ``gevent.spawn_raw`` stay: no pool is involved. test__pywsgi.py builds its
+#: servers with ``pywsgi.WSGIServer(...)`` and no ``spawn=``; they get a pool of 1000.
+SERVER_REWRITES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^(\s+)return gevent\.spawn$", re.M), r"\1return _ggopool_gevent_pool()"),
+    (re.compile(r"^(\s+)return 2$", re.M), r"\1return _ggopool_gevent_pool(2)"),
+    (re.compile(r"\bpywsgi\.WSGIServer\("), "_ggopool_with_pool(pywsgi.WSGIServer)("),
+]
+
 #: (pattern, replacement): the construction lines the shim changes.
 REWRITES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\bgevent\.Greenlet\.spawn\("), "ggopool.spawn("),
@@ -78,12 +108,17 @@ def gevent_tests_dir() -> Path:
     return Path(gevent.__file__).parent / "tests"
 
 
-def rewrite(source: str) -> str:
+def rewrites_for(name: str) -> list[tuple[re.Pattern[str], str]]:
+    return SERVER_REWRITES if name in SERVER_FILES else REWRITES
+
+
+def rewrite(source: str, rewrites: list[tuple[re.Pattern[str], str]] = REWRITES) -> str:
     out = []
     for line in source.splitlines(keepends=True):
-        for pattern, replacement in REWRITES:
-            line = pattern.sub(replacement, line)
-        out.append(line)
+        body = line.rstrip("\n")
+        for pattern, replacement in rewrites:
+            body = pattern.sub(replacement, body)
+        out.append(body + line[len(line.rstrip("\n")) :])
     return "".join(out)
 
 
@@ -93,7 +128,7 @@ def show_diff(name: str) -> str:
     return "".join(
         difflib.unified_diff(
             source.splitlines(keepends=True),
-            rewrite(source).splitlines(keepends=True),
+            rewrite(source, rewrites_for(name)).splitlines(keepends=True),
             f"gevent/tests/{name}.py",
             f"gevent/tests/{name}.py (shimmed)",
             n=0,
@@ -137,7 +172,21 @@ def gevent_pool(size: int | None = None) -> Any:
     return ggopool.new_pool(f"gevent-suite-{next(_pool_names)}", cap, config)
 
 
+def with_pool(server_class: type[Any]) -> Callable[..., Any]:
+    """``server_class`` whose servers get ``spawn=`` a ggopool pool of cap 1000 (as
+    ``gevent.pool.Pool(1000)``) unless the caller gives one."""
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("spawn", gevent_pool(1000))
+        return server_class(*args, **kwargs)
+
+    return make
+
+
 def _load(name: str, shimmed: bool) -> types.ModuleType:
+    for dependency in DEPENDS.get(name, ()):
+        if f"gevent.tests.{dependency}" not in sys.modules:
+            _load(dependency, shimmed)
     path = gevent_tests_dir() / f"{name}.py"
     source = path.read_text()
     module = types.ModuleType(f"gevent.tests.{name}")
@@ -145,11 +194,12 @@ def _load(name: str, shimmed: bool) -> types.ModuleType:
     if shimmed:
         import ggopool
 
-        source = rewrite(source)
+        source = rewrite(source, rewrites_for(name))
         module.__dict__["ggopool"] = ggopool
         # A partial, not a function: the tests also use it as a class attribute
         # (``klass = gevent.pool.Pool``), where a function would become a method.
         module.__dict__["_ggopool_gevent_pool"] = functools.partial(gevent_pool)
+        module.__dict__["_ggopool_with_pool"] = with_pool
     sys.modules[module.__name__] = module
     exec(compile(source, str(path), "exec"), module.__dict__)
     return module
@@ -209,7 +259,7 @@ def run_file(name: str, shimmed: bool) -> dict[str, dict[str, Any]]:
     if shimmed:
         _Touches.install()
     module = _load(name, shimmed)
-    classes = FILES[name]
+    classes = {**FILES, **SERVER_FILES}[name]
     suite = unittest.TestSuite(
         test
         for test in _tests(unittest.defaultTestLoader.loadTestsFromModule(module))
@@ -228,10 +278,12 @@ def run_file(name: str, shimmed: bool) -> dict[str, dict[str, Any]]:
 # -- in the parent ------------------------------------------------------------------------
 
 
-def run_all(shimmed: bool, verbose: bool) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+def run_all(
+    shimmed: bool, verbose: bool, files: dict[str, frozenset[str] | None] = FILES
+) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
     outcomes: dict[str, dict[str, Any]] = {}
     seconds: dict[str, float] = {}
-    for name in FILES:
+    for name in files:
         started = time.monotonic()
         cmd = [sys.executable, "-m", "tests.gevent_suite", "--child", name]
         if not shimmed:
@@ -271,10 +323,15 @@ def run_all(shimmed: bool, verbose: bool) -> tuple[dict[str, dict[str, Any]], di
     return outcomes, seconds
 
 
-def report(outcomes: dict[str, dict[str, Any]], seconds: dict[str, float], details: bool) -> int:
+def report(
+    outcomes: dict[str, dict[str, Any]],
+    seconds: dict[str, float],
+    details: bool,
+    files: dict[str, frozenset[str] | None] = FILES,
+) -> int:
     rows = []
     total = {"passed": 0, "untouched": 0, "failed": 0, "skipped": 0}
-    for name in FILES:
+    for name in files:
         mine = [o for key, o in outcomes.items() if key.split(":")[0].split(" ")[0] == name]
         counts = {k: sum(o["outcome"] == k for o in mine) for k in ("passed", "failed", "skipped")}
         counts["untouched"] = sum(o["outcome"] == "passed" and not o["touched"] for o in mine)
@@ -282,16 +339,16 @@ def report(outcomes: dict[str, dict[str, Any]], seconds: dict[str, float], detai
             total[key] += counts[key]
         rows.append((name, counts, seconds.get(name, 0.0)))
     print(
-        f"{'file':<16} {'passed':>7} {'(no ggopool)':>13} {'failed':>7} {'skipped':>8} {'time':>7}"
+        f"{'file':<20} {'passed':>7} {'(no ggopool)':>13} {'failed':>7} {'skipped':>8} {'time':>7}"
     )
     for name, counts, secs in rows:
         print(
-            f"{name:<16} {counts['passed']:>7} {counts['untouched']:>13} "
+            f"{name:<20} {counts['passed']:>7} {counts['untouched']:>13} "
             f"{counts['failed']:>7} {counts['skipped']:>8} {secs:>6.1f}s"
         )
     n = total["passed"] + total["failed"] + total["skipped"]
     print(
-        f"{'total':<16} {total['passed']:>7} {total['untouched']:>13} {total['failed']:>7} "
+        f"{'total':<20} {total['passed']:>7} {total['untouched']:>13} {total['failed']:>7} "
         f"{total['skipped']:>8} {sum(seconds.values()):>6.1f}s   ({total['passed']} of {n} passed)"
     )
     for key, o in sorted(outcomes.items()):
@@ -309,16 +366,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--details", action="store_true", help="print each failure's traceback")
     parser.add_argument("--verbose", action="store_true", help="pass the tests' stderr through")
     parser.add_argument("--min-passed", type=int, default=0, help="exit 1 below this many")
+    parser.add_argument(
+        "--servers", action="store_true", help="run gevent's server tests, servers given a pool"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(run_file(args.child, shimmed=not args.gevent)))
         return 0
+    files = SERVER_FILES if args.servers else FILES
     if args.diff:
-        for name in FILES:
+        for name in files:
             print(show_diff(name))
-    outcomes, seconds = run_all(shimmed=not args.gevent, verbose=args.verbose)
-    passed = report(outcomes, seconds, args.details)
+    outcomes, seconds = run_all(shimmed=not args.gevent, verbose=args.verbose, files=files)
+    passed = report(outcomes, seconds, args.details, files)
     if passed < args.min_passed:
         print(f"FAIL: {passed} passed, fewer than the floor of {args.min_passed}")
         return 1
