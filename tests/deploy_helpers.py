@@ -174,10 +174,14 @@ def start_app(*options: str, env: dict[str, str] | None = None) -> tuple[Proc, s
     return proc, match.group(1)
 
 
-def gunicorn_args(*options: str) -> list[str]:
+#: ggopool's gunicorn worker class, as given to ``-k``.
+WORKER_CLASS = "ggopool.gunicorn.GeventWorker"
+
+
+def gunicorn_args(*options: str, worker_class: str = "gevent") -> list[str]:
     """``gunicorn -k gevent -w 2 --preload`` serving the load-test app with its config, on a
-    free port of 127.0.0.1; ``options`` go before the app."""
-    args = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "--preload"]
+    free port of 127.0.0.1; ``options`` go before the app (a ``-k`` among them wins)."""
+    args = [sys.executable, "-m", "gunicorn", "-k", worker_class, "-w", "2", "--preload"]
     args += ["-b", f"{LOOPBACK}:0", "-c", "python:loadtests.gunicorn_conf", *options]
     return [*args, "loadtests.app:app"]
 

@@ -1,0 +1,437 @@
+"""ggopool's gunicorn worker class, ``-k ggopool.gunicorn.GeventWorker``, in real gunicorn:
+the load-test app stopped every way gunicorn stops a worker, counted from outside (every
+order accepted is audited and notified once, or the tasks that were not are exactly the
+ones logged as abandoned); the drain's deadline taken from gunicorn's ``graceful_timeout``,
+with the class and with the hooks; idle keep-alive connections closed on a stop; the
+connection pool in the Prometheus collector; and ``--preload``'s tasks queued in the master.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import gevent
+import gevent.socket
+import pytest
+
+from tests.deploy_helpers import (
+    LOOPBACK,
+    WORKER_CLASS,
+    Proc,
+    answer_from_each_worker,
+    client,
+    gunicorn_booted,
+    subprocess_env,
+    wait_until,
+)
+from tests.shutdown_scenarios import (
+    Orders,
+    Outcome,
+    Receiver,
+    abandoned,
+    app_env,
+    outcome,
+    place_orders,
+    start_gunicorn,
+    wait_serving,
+)
+
+CAP = 2
+ORDERS = 24
+CLIENTS = 4
+SETTINGS = {"background_cap": str(CAP), "work_delay": "0.01", "drain_timeout": "20"}
+CLASS = ("-k", WORKER_CLASS)
+#: The note the drain logs after one second: how long it may still wait.
+WAITING = re.compile(r"ggopool: draining: waiting up to ([\d.]+) s more")
+KILLED = "was sent SIGKILL"
+
+
+def wait_held(receiver: Receiver, orders: Orders) -> int:
+    """Wait until every process's workers are all held on notifications; how many are."""
+    per_process: dict[int, int] = {}
+    for ack in orders.acks:
+        per_process[ack["pid"]] = per_process.get(ack["pid"], 0) + 1
+    held = sum(min(CAP, n) for n in per_process.values())
+    wait_until(lambda: receiver.held == held, 15, f"{held} held notifications")
+    return held
+
+
+def assert_nothing_lost(result: Outcome, warmups: int, orders: int = ORDERS) -> None:
+    assert result.accepted == orders
+    assert result.errors == 0
+    assert result.lost == 0
+    assert result.duplicates == 0
+    assert result.warmups == warmups
+    assert result.ran == result.tasks
+    assert result.abandoned == 0
+
+
+def test_importing_ggopool_gunicorn_does_not_import_gunicorn_and_k_finds_the_class() -> None:
+    check = textwrap.dedent(
+        """
+        import sys
+        import ggopool.gunicorn
+        print("gunicorn" in sys.modules)
+        from gunicorn.util import load_class
+        from gunicorn.workers.ggevent import GeventWorker
+        worker = load_class("ggopool.gunicorn.GeventWorker")
+        print(worker.__module__, issubclass(worker, GeventWorker))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", check],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert out.stdout.split("\n")[:2] == ["False", "ggopool.gunicorn._worker True"]
+
+
+def test_a_missing_name_of_ggopool_gunicorn_raises_attribute_error() -> None:
+    import ggopool.gunicorn
+
+    with pytest.raises(
+        AttributeError, match=r"^module 'ggopool.gunicorn' has no attribute 'Nope'$"
+    ):
+        ggopool.gunicorn.Nope  # noqa: B018 - the attribute access is the test
+
+
+# -- the stop paths, each counted ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "stop", [signal.SIGTERM, signal.SIGQUIT, signal.SIGINT], ids=["SIGTERM", "SIGQUIT", "SIGINT"]
+)
+def test_a_stop_closes_the_server_then_drains_every_worker(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    with Receiver() as receiver:
+        receiver.hold()
+        g = start_gunicorn(app_env(tmp_path, receiver, **SETTINGS), *CLASS)
+        try:
+            orders = Orders()
+            place_orders(g.url, orders, ORDERS, CLIENTS)
+            wait_held(receiver, orders)
+            os.kill(g.master, stop)
+            g.proc.wait_for(r"ggopool: draining: waiting up to", timeout=15, count=2)
+            # While the workers drain, no order is accepted: their servers are closed.
+            late = Orders()
+            place_orders(g.url, late, 1, 1)
+            assert (late.acks, late.errors) == ([], 1)
+            receiver.release()
+            assert g.proc.wait(30) == 0, g.proc.output
+        finally:
+            g.proc.stop()
+        result = outcome(tmp_path, orders, receiver, g.proc.output)
+    assert_nothing_lost(result, warmups=2)
+    assert {ack["pid"] for ack in orders.acks} <= g.workers
+    assert KILLED not in g.proc.output
+
+
+def test_a_reload_drains_the_old_workers(tmp_path: Path) -> None:
+    with Receiver() as receiver:
+        receiver.hold()
+        g = start_gunicorn(app_env(tmp_path, receiver, **SETTINGS), *CLASS)
+        try:
+            orders = Orders()
+            place_orders(g.url, orders, ORDERS, CLIENTS)
+            wait_held(receiver, orders)
+            os.kill(g.master, signal.SIGHUP)
+            g.proc.wait_for(r"ggopool: draining: waiting up to", timeout=15, count=2)
+            receiver.release()
+            for pid in g.workers:
+                g.proc.wait_for(rf"Worker exiting \(pid: {pid}\)", timeout=30)
+            assert not wait_serving(g) & g.workers
+            os.kill(g.master, signal.SIGTERM)
+            assert g.proc.wait(30) == 0, g.proc.output
+        finally:
+            g.proc.stop()
+        result = outcome(tmp_path, orders, receiver, g.proc.output)
+    assert_nothing_lost(result, warmups=4)
+
+
+def test_max_requests_recycling_drains_each_recycled_worker(tmp_path: Path) -> None:
+    # The backlog comes from the load: orders back to back, far faster than 2 workers x
+    # cap 1 write audits (a held receiver would hold the only workers serving).
+    settings = {**SETTINGS, "background_cap": "1", "work_delay": "0.03"}
+    with Receiver() as receiver:
+        env = app_env(tmp_path, receiver, **settings)
+        g = start_gunicorn(env, *CLASS, "--max-requests", "12")
+        try:
+            orders = Orders()
+            place_orders(g.url, orders, ORDERS * 2, CLIENTS)
+            wait_serving(g)
+            os.kill(g.master, signal.SIGTERM)
+            assert g.proc.wait(30) == 0, g.proc.output
+        finally:
+            g.proc.stop()
+        result = outcome(tmp_path, orders, receiver, g.proc.output)
+    output = g.proc.output
+    assert result.accepted == ORDERS * 2, (result, output)
+    assert result.errors == result.lost == result.duplicates == result.abandoned == 0, result
+    assert output.count("Autorestarting worker after current request") >= 2, output
+    assert result.warmups == output.count("Booting worker with pid")
+    assert result.ran == result.tasks
+    assert KILLED not in output
+
+
+def test_a_second_stop_signal_ends_the_drain_and_reports_it(tmp_path: Path) -> None:
+    with Receiver() as receiver:
+        receiver.hold()  # never released: the drain cannot finish
+        g = start_gunicorn(app_env(tmp_path, receiver, **SETTINGS), *CLASS)
+        try:
+            orders = Orders()
+            place_orders(g.url, orders, ORDERS, CLIENTS)
+            wait_held(receiver, orders)
+            os.kill(g.master, signal.SIGTERM)
+            g.proc.wait_for(r"ggopool: draining: waiting up to", timeout=15, count=2)
+            # Ctrl-C: the master turns the stop into a quick one and sends SIGQUIT.
+            os.kill(g.master, signal.SIGINT)
+            assert g.proc.wait(10) == 0, g.proc.output
+        finally:
+            g.proc.stop()
+        result = outcome(tmp_path, orders, receiver, g.proc.output)
+    output = g.proc.output
+    assert output.count("when the drain was interrupted by KeyboardInterrupt") == 2, output
+    assert output.count("ggopool: a second stop signal ended the drain") == 2, output
+    assert len(abandoned(output)) == 2  # one line per worker
+    assert result.accepted == ORDERS
+    assert result.notified == 0
+    assert result.abandoned == result.tasks - result.ran > 0
+
+
+# -- the drain's deadline is gunicorn's ------------------------------------------------------
+
+#: The worker class, and gunicorn's own gevent worker with ggopool's hooks.
+WORKERS = pytest.mark.parametrize("worker", [WORKER_CLASS, "gevent"], ids=["class", "hooks"])
+
+
+@WORKERS
+def test_the_drain_waits_as_long_as_graceful_timeout_leaves(tmp_path: Path, worker: str) -> None:
+    # No LOADTESTS_DRAIN_TIMEOUT: the drain's default deadline. The receiver holds the
+    # notifications for 6 s after the drain began, longer than the 5 s ggopool waits at
+    # exit elsewhere: within gunicorn's 30 s, none of the tasks is lost.
+    settings = {**SETTINGS, "drain_timeout": ""}
+    with Receiver() as receiver:
+        receiver.hold()
+        g = start_gunicorn(app_env(tmp_path, receiver, **settings), "-k", worker)
+        try:
+            orders = Orders()
+            place_orders(g.url, orders, ORDERS, CLIENTS)
+            wait_held(receiver, orders)
+            os.kill(g.master, signal.SIGTERM)
+            notes = g.proc.wait_for(WAITING.pattern, timeout=15, count=2)
+            # 30 s, less the stop so far (under 3 s), the margin and the note's second.
+            assert all(25.0 <= float(note.group(1)) <= 28.0 for note in notes), notes
+            gevent.sleep(6.0)  # time passing is the point: the old deadline goes by
+            assert "abandoned at exit" not in g.proc.output
+            receiver.release()
+            assert g.proc.wait(30) == 0, g.proc.output
+        finally:
+            g.proc.stop()
+        result = outcome(tmp_path, orders, receiver, g.proc.output)
+    assert_nothing_lost(result, warmups=2)
+
+
+@WORKERS
+def test_a_backlog_beyond_graceful_timeout_is_logged_before_gunicorn_kills(
+    tmp_path: Path, worker: str
+) -> None:
+    settings = {**SETTINGS, "drain_timeout": ""}
+    with Receiver() as receiver:
+        receiver.hold()  # never released: the drain runs out of time
+        env = app_env(tmp_path, receiver, **settings)
+        g = start_gunicorn(env, "-k", worker, "--graceful-timeout", "4")
+        try:
+            orders = Orders()
+            place_orders(g.url, orders, ORDERS, CLIENTS)
+            wait_held(receiver, orders)
+            os.kill(g.master, signal.SIGTERM)
+            assert g.proc.wait(15) == 0, g.proc.output
+        finally:
+            g.proc.stop()
+        result = outcome(tmp_path, orders, receiver, g.proc.output)
+    output = g.proc.output
+    assert KILLED not in output
+    # 4 s less the stop so far and the 1 s margin: each worker reports after at most 3 s.
+    deadlines = [float(d) for d in re.findall(r"after the ([\d.]+) s deadline", output)]
+    assert len(deadlines) == 2, output
+    assert all(1.0 <= d <= 3.0 for d in deadlines), output
+    assert len(abandoned(output)) == 2
+    assert result.accepted == ORDERS
+    assert result.notified == 0
+    assert result.abandoned == result.tasks - result.ran > 0
+
+
+def test_set_exit_drain_still_chooses_the_deadline(tmp_path: Path) -> None:
+    settings = {**SETTINGS, "drain_timeout": "0.5"}
+    with Receiver() as receiver:
+        receiver.hold()
+        g = start_gunicorn(app_env(tmp_path, receiver, **settings), *CLASS)
+        try:
+            orders = Orders()
+            place_orders(g.url, orders, ORDERS, CLIENTS)
+            wait_held(receiver, orders)
+            os.kill(g.master, signal.SIGTERM)
+            assert g.proc.wait(15) == 0, g.proc.output
+        finally:
+            g.proc.stop()
+        result = outcome(tmp_path, orders, receiver, g.proc.output)
+    output = g.proc.output
+    assert output.count("after the 0.5 s deadline") == 2, output
+    assert result.abandoned == result.tasks - result.ran > 0
+
+
+# -- connections -----------------------------------------------------------------------------
+
+
+def read_response(sock: gevent.socket.socket) -> bytes:
+    """One HTTP/1.1 response with a Content-Length, read off a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed mid-response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed mid-body"
+        body += chunk
+    return head
+
+
+def start_flask_gunicorn(tmp_path: Path, *options: str) -> tuple[Proc, str, int]:
+    """tests/flask_app.py under gunicorn with the worker class and one worker, once the
+    worker has answered a request (so its signal handlers are in place): the process, its
+    url and the master's pid."""
+    args = [sys.executable, "-m", "gunicorn", *CLASS, "-w", "1", "-b", f"{LOOPBACK}:0"]
+    proc = Proc(
+        [*args, *options, "tests.flask_app:app"], subprocess_env(XDG_RUNTIME_DIR=str(tmp_path))
+    )
+    try:
+        [listening] = proc.wait_for(r"Listening at: (http://127\.0\.0\.1:\d+) \((\d+)\)", 20)
+        url = listening.group(1)
+        proc.wait_for(r"Booting worker with pid", 20)
+
+        def answered() -> bool:
+            http = client(url)
+            try:
+                with http.get("/state?rid=ready") as response:
+                    return bool(response.status_code == 200)
+            except OSError:
+                return False
+            finally:
+                http.close()
+
+        wait_until(answered, 20, "the worker's first answer", interval=0.2)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, url, int(listening.group(2))
+
+
+def test_a_stop_closes_idle_keep_alive_connections_and_finishes_requests_in_flight(
+    tmp_path: Path,
+) -> None:
+    options = ["--keep-alive", "30", "--worker-connections", "50"]
+    proc, url, master = start_flask_gunicorn(tmp_path, *options)
+    try:
+        idle = gevent.socket.create_connection((LOOPBACK, int(url.rsplit(":", 1)[1])))
+        idle.settimeout(20)
+        idle.sendall(b"GET /state?rid=idle HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert b" 200 " in read_response(idle)  # served; now idle, kept alive for 30 s
+        slow = gevent.spawn(fetch, url, "/slow?seconds=3")
+        proc.wait_for(r"slow request started", 10)
+        os.kill(master, signal.SIGTERM)
+        assert idle.recv(1) == b""  # closed by the server, long before 30 s
+        assert not slow.ready()  # while the request in flight still runs
+        assert slow.get(timeout=20) == 200
+        idle.close()
+        assert proc.wait(30) == 0, proc.output
+    finally:
+        proc.stop()
+    assert KILLED not in proc.output
+
+
+def fetch(url: str, path: str) -> int:
+    http = client(url)
+    try:
+        with http.get(path) as response:
+            response.read()
+            return int(response.status_code)
+    finally:
+        http.close()
+
+
+def test_the_connection_pool_is_registered_and_in_the_prometheus_collector(
+    tmp_path: Path,
+) -> None:
+    with Receiver() as receiver:
+        env = app_env(tmp_path, receiver, **SETTINGS)
+        g = start_gunicorn(env, *CLASS, "--worker-connections", "50")
+        try:
+            http = client(g.url)
+            try:
+                with http.get("/metrics") as response:
+                    metrics = response.read().decode()
+            finally:
+                http.close()
+            os.kill(g.master, signal.SIGTERM)
+            assert g.proc.wait(30) == 0, g.proc.output
+        finally:
+            g.proc.stop()
+    assert 'ggopool_cap{pool="gunicorn.connections"} 50.0' in metrics, metrics
+    # The /metrics request itself runs on the pool.
+    assert 'ggopool_tasks_running{pool="gunicorn.connections"} 1.0' in metrics, metrics
+
+
+# -- --preload: what the master queued at import ---------------------------------------------
+
+PRELOADED_APP = """
+    import os
+    import ggopool
+
+    startup = ggopool.new_pool("startup", 1)
+    for _ in range(3):
+        startup.go(print, "startup task ran in", os.getpid(), flush=True)
+
+
+    def app(environ, start_response):
+        body = ('{"pid": %d}' % os.getpid()).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
+"""
+
+
+def test_preload_tasks_queued_in_the_master_are_reported_once(tmp_path: Path) -> None:
+    (tmp_path / "preloaded_app.py").write_text(textwrap.dedent(PRELOADED_APP))
+    env = subprocess_env(XDG_RUNTIME_DIR=str(tmp_path))
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    args = [sys.executable, "-m", "gunicorn", *CLASS, "-w", "2", "--preload"]
+    proc = Proc([*args, "-b", f"{LOOPBACK}:0", "preloaded_app:app"], env)
+    try:
+        url, master, workers = gunicorn_booted(proc)
+        # Both workers serve (their signal handlers are in place): the master made two.
+        answer_from_each_worker(url, workers, "GET", "/")
+        os.kill(master, signal.SIGTERM)
+        assert proc.wait(30) == 0, proc.output
+    finally:
+        proc.stop()
+    output = proc.output
+    reports = re.findall(
+        r"ggopool: pool '(\w+)': (\d+) tasks queued in gunicorn's master \(pid (\d+)\)", output
+    )
+    assert reports == [("startup", "3", str(master))], output
+    assert "queue start-up work in the post_fork hook" in output
+    # They run once each, in the master as it exits; never in a worker.
+    assert re.findall(r"startup task ran in (\d+)", output) == [str(master)] * 3, output
+    assert master not in workers
