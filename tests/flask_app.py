@@ -67,6 +67,7 @@ def state() -> Response:
         pid=os.getpid(),
         ident=threading.get_ident(),
         thread=id(threading.current_thread()),
+        connection=request.environ.get("REMOTE_PORT"),
     )
 
 

@@ -26,7 +26,10 @@ from tests.deploy_helpers import (
     Proc,
     answer_from_each_worker,
     client,
+    fetch,
     gunicorn_booted,
+    read_response,
+    start_flask_gunicorn,
     subprocess_env,
     wait_until,
 )
@@ -293,52 +296,6 @@ def test_set_exit_drain_still_chooses_the_deadline(tmp_path: Path) -> None:
 # -- connections -----------------------------------------------------------------------------
 
 
-def read_response(sock: gevent.socket.socket) -> bytes:
-    """One HTTP/1.1 response with a Content-Length, read off a raw socket."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed mid-response: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed mid-body"
-        body += chunk
-    return head
-
-
-def start_flask_gunicorn(tmp_path: Path, *options: str) -> tuple[Proc, str, int]:
-    """tests/flask_app.py under gunicorn with the worker class and one worker, once the
-    worker has answered a request (so its signal handlers are in place): the process, its
-    url and the master's pid."""
-    args = [sys.executable, "-m", "gunicorn", *CLASS, "-w", "1", "-b", f"{LOOPBACK}:0"]
-    proc = Proc(
-        [*args, *options, "tests.flask_app:app"], subprocess_env(XDG_RUNTIME_DIR=str(tmp_path))
-    )
-    try:
-        [listening] = proc.wait_for(r"Listening at: (http://127\.0\.0\.1:\d+) \((\d+)\)", 20)
-        url = listening.group(1)
-        proc.wait_for(r"Booting worker with pid", 20)
-
-        def answered() -> bool:
-            http = client(url)
-            try:
-                with http.get("/state?rid=ready") as response:
-                    return bool(response.status_code == 200)
-            except OSError:
-                return False
-            finally:
-                http.close()
-
-        wait_until(answered, 20, "the worker's first answer", interval=0.2)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, url, int(listening.group(2))
-
-
 def test_a_stop_closes_idle_keep_alive_connections_and_finishes_requests_in_flight(
     tmp_path: Path,
 ) -> None:
@@ -360,16 +317,6 @@ def test_a_stop_closes_idle_keep_alive_connections_and_finishes_requests_in_flig
     finally:
         proc.stop()
     assert KILLED not in proc.output
-
-
-def fetch(url: str, path: str) -> int:
-    http = client(url)
-    try:
-        with http.get(path) as response:
-            response.read()
-            return int(response.status_code)
-    finally:
-        http.close()
 
 
 def test_the_connection_pool_is_registered_and_in_the_prometheus_collector(
