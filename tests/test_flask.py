@@ -117,6 +117,15 @@ IDENTITY = """
     spawned = []
     gevent.joinall([gevent.spawn(lambda: spawned.append(threading.get_ident())) for _ in range(2)])
     print("gevent.spawn, same get_ident:", spawned[0] == spawned[1])
+
+    # What breaks: state keyed on the thread. An RLock a task forgot to release is the
+    # next task's (same owner), and the thread's name a task set is the next task's.
+    lock = threading.RLock()
+    pool.go(lock.acquire)
+    pool.go(lambda: print("next task takes the leaked RLock:", bool(lock.acquire(blocking=False))))
+    pool.go(lambda: setattr(threading.current_thread(), "name", "order-42"))
+    pool.go(lambda: print("next task's thread name:", threading.current_thread().name))
+    pool.join()
 """
 
 
@@ -139,4 +148,6 @@ def test_under_monkey_patching_tasks_on_one_worker_share_the_thread_identity(
         "same current_thread: True",
         # Each gevent.spawn is a greenlet of its own (both alive here): each its own id.
         "gevent.spawn, same get_ident: False",
+        "next task takes the leaked RLock: True",
+        "next task's thread name: order-42",
     ]
