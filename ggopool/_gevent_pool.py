@@ -19,8 +19,8 @@ from greenlet import GreenletExit, getcurrent
 from ggopool._config import check_int_at_least, check_timeout
 from ggopool._entry import NO_KWARGS
 from ggopool._errors import PoolClosed, PoolFull
+from ggopool._task import _UNSTARTED, as_exception
 from ggopool._task import Task as _Task
-from ggopool._task import as_exception
 
 if TYPE_CHECKING:
     from gevent.hub import Hub
@@ -76,8 +76,8 @@ class RoomSignal:
     A gevent server given ``spawn=pool`` stops accepting connections while
     ``pool.full()`` and waits for a connection to end before it accepts again. It
     learns of that through ``pool._semaphore``, which in ``gevent.pool.Pool`` is the
-    Semaphore that counts free places. ``gevent.baseserver.BaseServer`` (gevent 1.0 to
-    26 at least) reads it in three places, and uses only ``rawlink`` and ``unlink``:
+    Semaphore that counts free places. ``gevent.baseserver.BaseServer`` (gevent 26.9.0,
+    the version tested) reads it in three places, and uses only ``rawlink`` and ``unlink``:
 
     * ``set_spawn`` (the server's construction): ``pool._semaphore.rawlink(cb)``;
     * ``_do_read``, when ``pool.full()``: it stops accepting, then ``rawlink(cb)`` again;
@@ -261,8 +261,8 @@ class GeventPoolMixin:
         self._track(task)
 
     def start(self, task: Any, blocking: bool = True, timeout: float | None = None) -> None:
-        """`add` ``task``, then ``task.start()`` (for a ggopool `Task`, which is queued
-        when it is made, that does nothing)."""
+        """`add` ``task``, then ``task.start()`` (which queues a `Task` made by `task`,
+        and does nothing to one already queued)."""
         self.add(task, blocking, timeout)
         task.start()
 
@@ -348,13 +348,45 @@ class GeventPoolMixin:
         self._enqueue(task)
         return task
 
+    def task(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]:
+        """Make a `Task` of ``fn(*args, **kwargs)`` on this pool without queuing it, as
+        ``gevent.Greenlet(fn, *args, **kwargs)`` makes a greenlet without starting it.
+
+        Example::
+
+            task = pool.task(handle, conn)   # g = gevent.Greenlet(handle, conn)
+            task.link(done)
+            task.start()                     # g.start(); or pool.start(task)
+
+        Rules:
+
+        * Until it is started the task is not queued, not `ready`, not ``started`` and
+          false, as an unstarted greenlet; it is not a member of the pool unless `add`
+          was given it.
+        * ``task.start()`` queues it on this pool as a member, as `spawn` would have
+          (it never waits for room); ``task.start_later(seconds)`` does so in
+          ``seconds``. Starting it again does nothing.
+        * Killed or cancelled before it starts, it never runs: its outcome is the kill's
+          (see `Task`), and ``start()`` then does nothing.
+        * `start` (``pool.start(task)``) makes it a member, waiting for room as `add`
+          does, then starts it; `add` makes it a member without starting it.
+        * A failure is reported as a `spawn` task's.
+        """
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        task: Task[T] = _Task(cast("Pool", self), fn, args, kwargs, contextvars.copy_context())
+        task._spawned = True
+        task._state = _UNSTARTED
+        return task
+
     def _enqueue(self, task: Task[Any]) -> None:
-        """Queue a member task made by `_spawn` (or, later, by ``spawn_later``)."""
+        """Queue a member task made by `_spawn` (or by ``spawn_later``, or started)."""
         ctx = task._ctx
         assert ctx is not None  # a task holds its context until it is done
         # A member before it is queued: queued from another thread, it may run (and its
-        # hooks with it) on the pool's thread at once.
-        self._track(task)
+        # hooks with it) on the pool's thread at once. One `add` gave already stays one.
+        if task not in self._members:
+            self._track(task)
         try:
             self._queue((ctx, task._run, (task._args, task._kwargs), NO_KWARGS))
         except BaseException:
@@ -493,10 +525,16 @@ class GeventPoolMixin:
 
     def _added_members(self) -> list[Any]:
         """The members `add` gave this pool that are not its own tasks."""
+        # And its own tasks not started yet: on no queue, so Pool.kill and join must
+        # see them among the added ones.
         return [
             member
             for member in self._members
-            if not (isinstance(member, _Task) and member._pool is self)
+            if not (
+                isinstance(member, _Task)
+                and member._pool is self
+                and member._state is not _UNSTARTED
+            )
         ]
 
     def _join_added_members(self, timeout: float | None) -> bool:

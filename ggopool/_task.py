@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import sys
 from collections.abc import Callable
 from types import TracebackType
@@ -41,6 +42,8 @@ T = TypeVar("T", covariant=True)
 #: A task's states: waiting for its time (``spawn_later``), queued, running, done (its
 #: outcome set), cancelled (stopped before it ran).
 _LATER, _PENDING, _RUNNING, _DONE, _CANCELLED = "later", "pending", "running", "done", "cancelled"
+#: Made by `Pool.task` and not started yet: not queued until `Task.start`.
+_UNSTARTED = "unstarted"
 
 
 def _check_wait_timeout(timeout: object) -> float | Timeout | None:
@@ -100,8 +103,9 @@ class Task(_TaskBase, Generic[T]):
 
     Rules:
 
-    * A task is queued when it is made; it is never an unstarted greenlet (``start()``
-      does nothing, as on a started greenlet).
+    * A task is queued when it is made, except one made by `Pool.task`, which is queued
+      by ``start()`` or ``start_later(seconds)``, as an unstarted ``gevent.Greenlet``
+      (see `Pool.task`). ``start()`` of a task already started does nothing.
     * ``get(block=True, timeout=None)`` returns the task's return value or raises its
       exception (with its traceback); on timeout it raises ``gevent.Timeout``. ``join``
       and ``wait`` never raise the task's exception. ``timeout`` is seconds, None, or a
@@ -295,11 +299,12 @@ class Task(_TaskBase, Generic[T]):
     @property
     def started(self) -> bool:
         """True while the task is queued or running, as a greenlet's (see ``__bool__``)."""
-        return not self.ready()
+        return not self.ready() and self._state is not _UNSTARTED
 
     def __bool__(self) -> bool:
-        """True while queued or running, false once dead, as a ``gevent.Greenlet``."""
-        return not self.ready()
+        """True while queued or running; false before `start` and once dead, as a
+        ``gevent.Greenlet``."""
+        return not self.ready() and self._state is not _UNSTARTED
 
     @property
     def value(self) -> T | None:
@@ -489,7 +494,9 @@ class Task(_TaskBase, Generic[T]):
         """Cancel the task if it has not started: True if it will never run."""
         if self._state is _CANCELLED:
             return True
-        if self._state is _LATER:
+        if self._state is _UNSTARTED:
+            pass  # never queued: nothing to take back
+        elif self._state is _LATER:
             self._stop_later()
         elif self._state is _PENDING:
             self._uncount_queued()
@@ -601,7 +608,9 @@ class Task(_TaskBase, Generic[T]):
     def _maybe_kill_before_start(self, exception: object) -> bool:
         """Kill the task now if it is still queued (``gevent.killall`` calls this first, so
         no task it kills starts in between). True if the task is now dead."""
-        if self._state is _LATER:
+        if self._state is _UNSTARTED:
+            self._mark_killed(exception)  # never queued: it never runs, as gevent's
+        elif self._state is _LATER:
             self._stop_later()
             self._mark_killed(exception)
         elif self._state is _PENDING:
@@ -624,8 +633,30 @@ class Task(_TaskBase, Generic[T]):
             self._throw_kill()
 
     def start(self) -> None:
-        """Does nothing: a task is queued when it is made (kept for code written for a
-        ``gevent.Greenlet``, whose ``start()`` does nothing once it is started)."""
+        """Queue a task made by `Pool.task` on its pool, as a member (``spawn`` queues one
+        at once). Does nothing if it was started already, or killed or cancelled before it
+        started, as ``gevent.Greenlet.start``. On a closed pool it raises `PoolClosed`
+        and the task stays unstarted."""
+        if self._state is not _UNSTARTED:
+            return
+        self._state = _PENDING
+        try:
+            self._pool._enqueue(self)
+        except BaseException:
+            self._state = _UNSTARTED
+            raise
+
+    def start_later(self, seconds: float) -> None:
+        """Queue a task made by `Pool.task` in ``seconds`` (its pool's hub keeps the
+        timer); until then it is true and `started`, as ``gevent.Greenlet.start_later``.
+        Does nothing if it was started already, or killed or cancelled before it started."""
+        if type(seconds) is bool or not isinstance(seconds, (int, float)):
+            raise TypeError(f"seconds must be a finite number >= 0, got {seconds!r}")
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
+        if self._state is not _UNSTARTED:
+            return
+        self._queue_later(seconds)
 
     def __enter__(self) -> Task[T]:
         return self

@@ -16,9 +16,9 @@ The rewrites, and nothing else (a line that matches none of them is run as geven
 * ``gevent.spawn(`` and ``gevent.Greenlet.spawn(`` -> ``ggopool.spawn(``
 * ``gevent.spawn_later(`` -> ``ggopool.spawn_later(``
 * ``gevent.Greenlet(f, ...)`` and ``greenlet.Greenlet(f, ...)`` (an unstarted greenlet
-  with something to run) -> ``ggopool.spawn(f, ...)``: ggopool has no unstarted task, so
-  a task is queued where gevent's test makes its greenlet. ``Greenlet()`` with nothing to
-  run, and subclasses of ``Greenlet``, stay gevent's.
+  with something to run) -> ``ggopool.default_pool().task(f, ...)``, an unstarted task,
+  queued by its ``start()`` or ``start_later()``. ``Greenlet()`` with nothing to run, and
+  subclasses of ``Greenlet``, stay gevent's.
 * ``gevent.pool.Pool`` -> a ggopool pool of cap ``size`` (``None``: unlimited) whose
   ``spawn`` waits while the pool is full, as gevent's does
   (``Config(spawn_waits_when_full=True)``).
@@ -95,7 +95,7 @@ REWRITES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\bgevent\.Greenlet\.spawn\("), "ggopool.spawn("),
     (re.compile(r"\bgevent\.spawn\("), "ggopool.spawn("),
     (re.compile(r"\bgevent\.spawn_later\("), "ggopool.spawn_later("),
-    (re.compile(r"\b(?:gevent|greenlet)\.Greenlet\((?!\))"), "ggopool.spawn("),
+    (re.compile(r"\b(?:gevent|greenlet)\.Greenlet\((?!\))"), "ggopool.default_pool().task("),
     (re.compile(r"\bgevent\.pool\.Pool\b"), "_ggopool_gevent_pool"),
 ]
 

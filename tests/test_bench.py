@@ -94,6 +94,7 @@ def test_json_has_every_section_and_the_machine(json_run: dict[str, Any]) -> Non
         "memory",
         "latency",
         "scale",
+        "server",
         "targets",
         "complete",
     }
@@ -364,6 +365,7 @@ def _results(settings: dict[str, Any], rows: list[ThroughputRow]) -> Results:
         memory=[],
         latency=[],
         scale=[],
+        server=[],
         targets=[],
         complete=True,
     )
@@ -449,3 +451,53 @@ def test_demo_is_still_the_default_and_a_subcommand(capsys: pytest.CaptureFixtur
     assert main(["demo", "-n", "50", "--cap", "5"]) == 0
     out = capsys.readouterr().out
     assert out.count("ran 50 of 50 tasks") == 2
+
+
+def test_json_server_has_every_spawn_and_mode_and_counts_every_request(
+    json_run: dict[str, Any],
+) -> None:
+    rows = json_run["server"]
+    assert [(r["mode"], r["spawn"]) for r in rows] == [
+        (mode, spawn)
+        for mode in ("close", "keep-alive")
+        for spawn in ("default", "gevent.pool.Pool", "ggopool.Pool")
+    ]
+    for row in rows:
+        # 5 x --tcp-tasks requests per run, --rounds rounds, every one answered.
+        assert row["requests"] == 100
+        assert row["served"] == [100, 100]
+        assert row["complete"] is True
+        assert row["requests_per_s"] > 0
+        assert row["cpu_us_per_request"] > 0
+        assert row["peak_rss"] > 1 << 20
+        assert all(row[k] is not None and row[k] > 0 for k in ("ratio_cpu", "ratio_rss"))
+        if row["spawn"] == "default":
+            assert row["ratio_requests_per_s"] == 1.0
+            assert row["ratio_rss"] == 1.0
+
+
+def test_server_table_is_well_formed() -> None:
+    proc = bench(*TINY, "--workloads", "server", "--rounds", "1")
+    assert proc.returncode == 0, proc.stderr
+    [(headers, rule, *rows)] = tables(proc.stdout)
+    assert headers == [
+        "mode",
+        "spawn",
+        "requests/s",
+        "x",
+        "server CPU/request",
+        "x",
+        "server peak RSS",
+        "x",
+        "served",
+    ]
+    assert all(re.fullmatch(r"-+:?", cell) for cell in rule)
+    assert [(r[0], r[1], r[8]) for r in rows] == [
+        ("close", "default", "100"),
+        ("close", "gevent.pool.Pool", "100"),
+        ("close", "ggopool.Pool", "100"),
+        ("keep-alive", "default", "100"),
+        ("keep-alive", "gevent.pool.Pool", "100"),
+        ("keep-alive", "ggopool.Pool", "100"),
+    ]
+    assert [r[3] for r in rows if r[1] == "default"] == ["1.00x", "1.00x"]

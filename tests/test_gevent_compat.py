@@ -490,11 +490,16 @@ def test_each_task_starts_with_fresh_greenlet_local_state() -> None:
 
 
 @row("`g = Greenlet(fn); g.start()`")
-def test_start_does_nothing_on_a_task_which_is_queued_when_made() -> None:
+def test_a_task_made_by_pool_task_is_queued_by_start() -> None:
     ran: list[int] = []
-    task = ggopool.spawn(ran.append, 1)
+    task = ggopool.default_pool().task(ran.append, 1)
+    gevent.idle()
+    assert ran == []
+    assert not task
+    assert not task.started
     task.start()
-    task.start()
+    assert task
+    task.start()  # twice: harmless
     task.join()
     task.start()
     gevent.idle()
@@ -502,10 +507,12 @@ def test_start_does_nothing_on_a_task_which_is_queued_when_made() -> None:
 
 
 @row("`g.start_later(seconds)`")
-def test_there_is_no_start_later_spawn_later_instead() -> None:
-    task = ggopool.spawn(int)
-    assert not hasattr(task, "start_later")
-    assert ggopool.spawn_later(0, int, "3").get(timeout=5) == 3
+def test_start_later_queues_a_task_later() -> None:
+    task = ggopool.default_pool().task(int, "3")
+    task.start_later(0)
+    assert task.started
+    assert task.get(timeout=5) == 3
+    assert ggopool.spawn_later(0, int, "4").get(timeout=5) == 4
 
 
 @row("`g.parent`, `g.switch()`, `g.gr_frame`, `g.spawn_tree_locals`, `Greenlet.add_spawn_callback`")

@@ -27,6 +27,10 @@ workloads:
             kind of task (noop, yield, event), each in a fresh process
   latency   submit-to-start delay of each task of a burst (p50, p99)
   scale     cost per no-op task as the burst grows (ggopool.Pool and deque-floor)
+  server    a pywsgi server in one process, a load generator in another: requests/s,
+            server CPU per request and peak RSS for spawn='default', gevent.pool.Pool(1000)
+            and a ggopool pool of 1000, one request per connection and keep-alive;
+            5 x --tcp-tasks requests per run, --rounds rounds
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from ggopool.bench.report import render
 from ggopool.bench.results import Results, command, complete, machine
 from ggopool.bench.rounds import throughput
 from ggopool.bench.scale import scale
+from ggopool.bench.server import server
 from ggopool.bench.settings import (
     FULL,
     QUICK,
@@ -218,6 +223,7 @@ def run(s: Settings, argv: Sequence[str], progress: Progress) -> Results:
         memory=[],
         latency=[],
         scale=[],
+        server=[],
         targets=[],
         complete=True,
     )
@@ -269,6 +275,8 @@ def run(s: Settings, argv: Sequence[str], progress: Progress) -> Results:
                 progress,
                 tasks_per_point=s.scale_per_point,
             )
+        elif workload == "server":
+            results["server"] = server(5 * s.tcp_tasks, s.rounds, progress)
     results["targets"] = targets(results)
     results["complete"] = complete(results)
     return results

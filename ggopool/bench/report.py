@@ -6,6 +6,7 @@ import textwrap
 from collections.abc import Sequence
 
 from ggopool.bench.results import Results
+from ggopool.bench.server import render as render_server
 
 #: What the trickle rows show, printed under the throughput table when it has them.
 TRICKLE_NOTE = (
@@ -252,6 +253,7 @@ def render(results: Results) -> str:
         ("memory", _memory),
         ("latency", _latency),
         ("scale", _scale),
+        ("server", lambda results: render_server(results["server"])),
         ("targets", _targets),
     ):
         if results[part]:  # type: ignore[literal-required]

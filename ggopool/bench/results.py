@@ -14,6 +14,7 @@ from ggopool.bench.latency import LatencyRow
 from ggopool.bench.memory import MemoryRow
 from ggopool.bench.rounds import ThroughputRow
 from ggopool.bench.scale import ScaleRow
+from ggopool.bench.server import ServerRow
 
 
 class Target(TypedDict):
@@ -37,6 +38,7 @@ class Results(TypedDict):
     memory: list[MemoryRow]
     latency: list[LatencyRow]
     scale: list[ScaleRow]
+    server: list[ServerRow]
     targets: list[Target]
     complete: bool  # every strategy ran exactly the tasks it was given, in every run
 
@@ -75,5 +77,6 @@ def complete(results: Results) -> bool:
         *results["memory"],
         *results["latency"],
         *results["scale"],
+        *results["server"],
     ]
     return all(row["complete"] for row in rows)

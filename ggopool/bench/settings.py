@@ -6,10 +6,11 @@ import os
 from dataclasses import dataclass
 
 from ggopool.bench.memory import KINDS
+from ggopool.bench.server import steps as server_steps
 from ggopool.bench.strategies import STRATEGIES, CappedPoolStrategy, FloorStrategy
 
 #: Every workload, in the order they run and are reported.
-WORKLOADS = ("noop", "yield", "gopool", "trickle", "tcp", "memory", "latency", "scale")
+WORKLOADS = ("noop", "yield", "gopool", "trickle", "tcp", "memory", "latency", "scale", "server")
 
 #: The strategies the scale workload compares: the capped pool and the floor, whose cost per
 #: task shows how much of a change between sizes is the machine rather than the pool.
@@ -102,4 +103,6 @@ def steps(s: Settings) -> int:
             total += s.rounds * k
         elif workload == "scale":
             total += s.rounds * len(s.scale_sizes) * len(scale_strategies(s))
+        elif workload == "server":
+            total += server_steps(s.rounds)
     return total
