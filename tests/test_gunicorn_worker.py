@@ -382,3 +382,58 @@ def test_preload_tasks_queued_in_the_master_are_reported_once(tmp_path: Path) ->
     # They run once each, in the master as it exits; never in a worker.
     assert re.findall(r"startup task ran in (\d+)", output) == [str(master)] * 3, output
     assert master not in workers
+
+
+# -- the example in docs/deploying.md, as written there --------------------------------------
+
+DEPLOYING = Path(__file__).absolute().parents[1] / "docs" / "deploying.md"
+
+
+def documented_example() -> tuple[str, list[str]]:
+    """The app.py of docs/deploying.md's worker-class example, and its gunicorn command."""
+    text = DEPLOYING.read_text()
+    app = re.search(r"```python\n(# app\.py: answers at once.*?)```", text, re.DOTALL)
+    command = re.search(r"^gunicorn -k ggopool\.gunicorn\.GeventWorker .* app:app$", text, re.M)
+    assert app is not None
+    assert command is not None
+    return app.group(1), command.group(0).split()
+
+
+def test_the_documented_example_sends_every_accepted_mail_on_sigterm(tmp_path: Path) -> None:
+    app, command = documented_example()
+    (tmp_path / "app.py").write_text(app)
+    assert command[command.index("-b") + 1] == "127.0.0.1:8000"
+    command[command.index("-b") + 1] = f"{LOOPBACK}:0"  # a free port here
+    env = subprocess_env(XDG_RUNTIME_DIR=str(tmp_path))
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    proc = Proc([sys.executable, "-m", *command], env)
+    accepted: dict[str, int] = {}
+    try:
+        url, master, workers = gunicorn_booted(proc)
+
+        def signup(address: str) -> None:
+            http = client(url)
+            try:
+                with http.get(f"/?{address}") as response:
+                    assert response.status_code == 202
+                    accepted[address] = int(response.read().split()[-1])
+            finally:
+                http.close()
+
+        def both_accepted() -> bool:
+            # Until both workers took sign-ups (so both have their signal handlers).
+            n = len(accepted)
+            gevent.joinall(
+                [gevent.spawn(signup, f"user{n + i}@example.com") for i in range(8)],
+                raise_error=True,
+            )
+            return set(accepted.values()) == workers
+
+        wait_until(both_accepted, 30, "sign-ups on both workers")
+        os.kill(master, signal.SIGTERM)
+        assert proc.wait(30) == 0, proc.output
+    finally:
+        proc.stop()
+    sent = re.findall(r"welcome mail sent to (\S+)", proc.output)
+    assert sorted(sent) == sorted(accepted), proc.output
+    assert "abandoned" not in proc.output

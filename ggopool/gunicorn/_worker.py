@@ -21,6 +21,7 @@ from gunicorn.sock import ssl_context  # type: ignore[import-untyped]
 from gunicorn.workers import ggevent  # type: ignore[import-untyped]
 
 from ggopool import _shutdown
+from ggopool._config import Config
 from ggopool._default import _registry, new_pool, register_pool
 from ggopool._locals import clear_locals
 from ggopool._pool import Pool
@@ -106,7 +107,9 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
         pool = _registry.get(self.CONNECTIONS)
         if pool is not None:
             return pool  # a pool registered by the app under this name
-        pool = new_pool(self.CONNECTIONS, self.worker_connections)
+        # As gevent.pool.Pool(worker_connections), which gunicorn's gevent worker uses.
+        config = Config(spawn_waits_when_full=True)
+        pool = new_pool(self.CONNECTIONS, self.worker_connections, config)
         register_pool(pool)
         return pool
 
