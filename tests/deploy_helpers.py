@@ -125,7 +125,10 @@ class Proc:
                 )
             return None
 
-        return wait_until(matches, timeout, f"{pattern!r} from {self.args[:3]}")
+        try:
+            return wait_until(matches, timeout, f"{pattern!r} from {self.args[:3]}")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; output:\n{self.output}") from None
 
     def wait(self, timeout: float) -> int:
         """Wait for the process to exit by itself, and its output to be read; its exit code."""
