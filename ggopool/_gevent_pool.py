@@ -173,6 +173,7 @@ class GeventPoolMixin:
     if TYPE_CHECKING:
         # What the mixin uses of Pool.
         _cap: int
+        _closed: bool
         _name: str
         _hub: Hub
         _config: Config
@@ -241,8 +242,14 @@ class GeventPoolMixin:
         return max(0, self._cap - len(self._members))
 
     def full(self) -> bool:
-        """True when the pool holds ``cap`` members: `spawn` would wait, if it waits."""
-        return len(self._members) >= self._cap
+        """True when the pool holds ``cap`` members: `spawn` would wait, if it waits.
+
+        Also True once the pool is closed (it takes no new member): a gevent server given
+        the pool (``spawn=pool``) asks ``full()`` before each accept, so when its pool is
+        closed it stops accepting rather than have each new connection's spawn raise
+        `PoolClosed` into the hub.
+        """
+        return len(self._members) >= self._cap or self._closed
 
     def wait_available(self, timeout: float | None = None) -> int:
         """Wait until the pool is not `full` or ``timeout`` passes; return `free_count`."""

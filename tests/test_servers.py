@@ -269,3 +269,23 @@ def test_a_failing_link_goes_to_the_hub_and_the_others_still_run(hub_errors: Any
     assert context is failing
     assert type_ is ValueError
     pool.close()
+
+
+def test_a_pool_closed_while_serving_stops_the_server_accepting(
+    stream: tuple[StreamServer, Handlers, ggopool.Pool],
+) -> None:
+    server, handlers, pool = stream
+    first = connect(server.server_port)
+    handlers.wait_for(lambda: handlers.entered == 1, "a connection in")
+    pool.close()
+    assert pool.full()  # a closed pool takes no new member
+    second = connect(server.server_port)
+    handlers.gate.release()
+    handlers.wait_for(lambda: handlers.exits == ["done"], "the first answered")
+    settle()
+    # Not accepted (nothing reached the hub: no PoolClosed from spawn), and still queued
+    # in the kernel's backlog until the server stops.
+    assert handlers.entered == 1
+    assert first.recv(10) == b"done"
+    first.close()
+    second.close()

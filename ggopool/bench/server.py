@@ -1,7 +1,8 @@
 """The server workload: a pywsgi server in one process, a load generator in another.
 
 For each way of spawning the server's connections (`SPAWNS`) and each kind of client
-(`MODES`), a fresh server process serves a tiny WSGI app on 127.0.0.1, and a fresh client
+(`MODES`), a fresh server process serves a tiny WSGI app on 127.0.0.1 (TCP_NODELAY on each
+connection, see `_no_delay_handler`), and a fresh client
 process sends it ``requests`` requests from `CONCURRENCY` greenlets: one request per
 connection (``close``), or every request of a greenlet on one connection (``keep-alive``).
 The client times the whole load and, just before and after it, reads the server's CPU time
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import resource
+import select
 import subprocess
 import sys
 import time
@@ -68,6 +69,8 @@ class ServerRow(TypedDict):
 
 
 def _stats() -> bytes:
+    import resource  # Unix only: imported here so that the rest of the bench runs anywhere
+
     from ggopool.bench.rss import peak_rss, rss
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -80,6 +83,26 @@ def _app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     body = _stats() if environ["PATH_INFO"] == "/__stats" else BODY
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+def _no_delay_handler() -> type[Any]:
+    """pywsgi's handler, with TCP_NODELAY on each connection.
+
+    pywsgi sends a response's headers and its body in two writes. Without TCP_NODELAY,
+    Nagle's algorithm holds the body until the client ACKs the headers, and the client
+    delays that ACK (40 ms on Linux): every keep-alive response would wait 40 ms, and the
+    keep-alive rows would measure that timer, not the server.
+    """
+    import socket
+
+    from gevent.pywsgi import WSGIHandler
+
+    class NoDelayHandler(WSGIHandler):
+        def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            super().__init__(sock, *args, **kwargs)
+
+    return NoDelayHandler
 
 
 def serve(spawn: str) -> int:
@@ -100,7 +123,14 @@ def serve(spawn: str) -> int:
         spawn_arg = ggopool.new_pool("connections", POOL_SIZE, config)
     else:
         raise ValueError(f"spawn must be one of {', '.join(SPAWNS)}, got {spawn!r}")
-    server = WSGIServer(("127.0.0.1", 0), _app, spawn=spawn_arg, log=None, backlog=1024)
+    server = WSGIServer(
+        ("127.0.0.1", 0),
+        _app,
+        spawn=spawn_arg,
+        log=None,
+        backlog=1024,
+        handler_class=_no_delay_handler(),
+    )
     server.start()
     print(server.server_port, flush=True)
     server.serve_forever()
@@ -204,9 +234,9 @@ def _run_one(spawn: str, mode: str, requests: int) -> dict[str, Any]:
     )
     try:
         assert server.stdout is not None
-        deadline = time.monotonic() + START_LIMIT
-        line = server.stdout.readline()
-        if not line.strip().isdigit() or time.monotonic() > deadline:
+        ready, _, _ = select.select([server.stdout], [], [], START_LIMIT)
+        line = server.stdout.readline() if ready else ""
+        if not line.strip().isdigit():
             raise RuntimeError(f"the {spawn} server did not start: {line!r}")
         port = int(line)
         result: dict[str, Any] = run_json(
