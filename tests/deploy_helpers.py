@@ -272,11 +272,11 @@ def headless(locustfile: str, url: str, run_time: str, *extra: str) -> list[str]
     ]
 
 
-def gunicorn_booted(proc: Proc) -> tuple[str, int, set[int]]:
-    """Wait until gunicorn's master listens and both workers have booted: its url, the
+def gunicorn_booted(proc: Proc, workers: int = 2) -> tuple[str, int, set[int]]:
+    """Wait until gunicorn's master listens and its ``workers`` have booted: its url, the
     master's pid and the workers' pids."""
     [listening] = proc.wait_for(r"Listening at: (http://127\.0\.0\.1:\d+) \((\d+)\)", 20)
-    booted = proc.wait_for(r"Booting worker with pid: (\d+)", 20, count=2)
+    booted = proc.wait_for(r"Booting worker with pid: (\d+)", 20, count=workers)
     return listening.group(1), int(listening.group(2)), {int(m.group(1)) for m in booted}
 
 

@@ -402,6 +402,31 @@ def test_a_stop_closes_idle_keep_alive_connections_and_finishes_requests_in_flig
     assert KILLED not in proc.output
 
 
+def test_a_recycled_worker_gives_its_requests_graceful_timeout_then_ends_them(
+    tmp_path: Path,
+) -> None:
+    # The first request recycles the worker (--max-requests 1) and takes longer than its
+    # graceful_timeout: the worker ends it, drains, exits, and a new one is forked.
+    args = [sys.executable, "-m", "gunicorn", *CLASS, "-w", "1", "-b", f"{LOOPBACK}:0"]
+    args += ["--max-requests", "1", "--graceful-timeout", "2", "tests.flask_app:app"]
+    proc = Proc(args, subprocess_env(XDG_RUNTIME_DIR=str(tmp_path)))
+    try:
+        url, _master, [first] = gunicorn_booted(proc, workers=1)
+        # A raw socket: an HTTP client would retry the request on the next worker.
+        slow = gevent.socket.create_connection((LOOPBACK, int(url.rsplit(":", 1)[1])))
+        slow.settimeout(20)
+        slow.sendall(b"GET /slow?seconds=20 HTTP/1.1\r\nHost: test\r\n\r\n")
+        proc.wait_for(r"Autorestarting worker after current request", 10)
+        proc.wait_for(r"Worker graceful timeout", 10)
+        assert slow.recv(1) == b""  # ended without an answer
+        slow.close()
+        proc.wait_for(rf"Worker exiting \(pid: {first}\)", 10)
+        proc.wait_for(r"Booting worker with pid", 20, count=2)  # its replacement
+    finally:
+        proc.stop()
+    assert KILLED not in proc.output
+
+
 def test_the_connection_pool_is_registered_and_in_the_prometheus_collector(
     tmp_path: Path,
 ) -> None:

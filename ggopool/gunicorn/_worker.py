@@ -16,13 +16,12 @@ from gevent import Timeout
 from gevent.server import StreamServer
 from greenlet import getcurrent
 from greenlet import greenlet as Greenlet
-from gunicorn.http.wsgi import base_environ  # type: ignore[import-untyped]
 from gunicorn.sock import ssl_context  # type: ignore[import-untyped]
 from gunicorn.workers import ggevent  # type: ignore[import-untyped]
 
 from ggopool import _shutdown
 from ggopool._config import Config
-from ggopool._default import _registry, new_pool, register_pool
+from ggopool._default import new_pool, register_pool
 from ggopool._locals import clear_locals
 from ggopool._pool import Pool
 from ggopool.gunicorn import HEARTBEAT, StopClock, _set_clock
@@ -42,6 +41,8 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
 
     Rules:
 
+    * It is ``-k gevent`` (gunicorn's HTTP parser on gevent's ``StreamServer``), not
+      ``-k gevent_pywsgi``.
     * Connections run as tasks of one pool, named ``"gunicorn.connections"``
       (`CONNECTIONS`) and registered (`ggopool.get_pool`), of cap ``worker_connections``
       over all the worker's listeners; the listeners stop accepting while it is full.
@@ -104,33 +105,20 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
         super().notify()
 
     def _connection_pool(self) -> Pool:
-        pool = _registry.get(self.CONNECTIONS)
-        if pool is not None:
-            return pool  # a pool registered by the app under this name
         # As gevent.pool.Pool(worker_connections), which gunicorn's gevent worker uses.
         config = Config(spawn_waits_when_full=True)
         pool = new_pool(self.CONNECTIONS, self.worker_connections, config)
         register_pool(pool)
         return pool
 
-    def _server(self, listener: Any, pool: Pool) -> Any:
+    def _server(self, listener: Any, pool: Pool) -> StreamServer:
         # As gunicorn's gevent worker makes its servers, on the one connection pool.
         ssl_args = {"ssl_context": ssl_context(self.cfg)} if self.cfg.is_ssl else {}
         listener.setblocking(1)
-        if self.server_class is not None:
-            environ = base_environ(self.cfg)
-            environ.update({"wsgi.multithread": True, "SERVER_SOFTWARE": ggevent.VERSION})
-            return self.server_class(
-                listener,
-                application=self.wsgi,
-                spawn=pool,
-                log=self.log,
-                handler_class=self.wsgi_handler,
-                environ=environ,
-                **ssl_args,
-            )
         handle = partial(self.handle, listener)
-        server = StreamServer(listener, handle=handle, spawn=pool, **ssl_args)  # type: ignore[call-overload]
+        server: StreamServer = StreamServer(  # type: ignore[call-overload]
+            listener, handle=handle, spawn=pool, **ssl_args
+        )
         if self.cfg.workers > 1:
             server.max_accept = 1
         return server
