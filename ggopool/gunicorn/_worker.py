@@ -61,8 +61,9 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
     * A second SIGQUIT or SIGINT while the worker drains ends the drain at once, logged.
       The config's ``worker_int`` hook is still called on each.
     * In gunicorn's master (``--preload`` imports the app there), tasks queued at import
-      never run in a worker; the first worker the master makes logs them once, pool by
-      pool: queue start-up work in the ``post_fork`` hook instead.
+      never run in a worker (the master runs them as it exits); the master logs them once,
+      pool by pool, as it makes its first worker: queue start-up work in the
+      ``post_fork`` hook instead.
     """
 
     #: The name of the pool the connections run on.
