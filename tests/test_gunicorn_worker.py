@@ -8,6 +8,7 @@ connection pool in the Prometheus collector; and ``--preload``'s tasks queued in
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -22,7 +23,10 @@ from typing import Any
 import gevent
 import gevent.socket
 import pytest
+from gevent.event import Event
 
+import ggopool
+from ggopool import _shutdown
 from ggopool.gunicorn import StopClock
 from tests.deploy_helpers import (
     LOOPBACK,
@@ -146,6 +150,39 @@ def test_the_budget_is_graceful_timeout_left_since_the_stop_less_the_margin() ->
     assert 23.9 < clock.budget(config(30, 0), beating=False) <= 24.0
     # Never below 0.
     assert clock.budget(config(5, 0), beating=True) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("chosen", "deadline", "budget", "waited"),
+    [
+        (False, 5.0, 0.2, "0.2"),  # the default: gunicorn's budget instead of 5 s
+        (True, 0.1, 10.0, "0.1"),  # set_exit_drain chose: its deadline...
+        (True, 30.0, 0.2, "0.2"),  # ...cut to the budget
+    ],
+)
+def test_the_exit_drain_takes_the_budget_unless_set_exit_drain_chose_a_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    chosen: bool,
+    deadline: float,
+    budget: float,
+    waited: str,
+) -> None:
+    monkeypatch.setattr(_shutdown, "_exit_deadline", deadline)
+    monkeypatch.setattr(_shutdown, "_exit_deadline_chosen", chosen)
+    monkeypatch.setattr(_shutdown, "_exit_drained_pid", None)
+    gate = Event()
+    pool = ggopool.new_pool("budget", 1)
+    pool.go(gate.wait)
+    gevent.idle()
+    with caplog.at_level(logging.WARNING, logger="ggopool"):
+        _shutdown.exit_drain(budget=budget)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"ggopool: pool 'budget': 1 tasks abandoned at exit (0 queued, 1 running) "
+        f"after the {waited} s deadline"
+    ]
+    gate.set()
+    assert ggopool.drain(5)
 
 
 def test_the_clock_takes_the_stop_to_begin_at_the_last_heartbeat_that_found_it_alive() -> None:
