@@ -44,6 +44,9 @@ DEFAULT_EXIT_DRAIN = 5.0
 NOTE_AFTER = 1.0
 
 _exit_deadline: float | None = DEFAULT_EXIT_DRAIN
+# Whether set_exit_drain chose the deadline: if not, a server that knows its own grace
+# period (ggopool.gunicorn) gives the exit drain what the period leaves instead.
+_exit_deadline_chosen = False
 # The process whose exit drain has run (gunicorn's worker_exit runs it before the
 # interpreter exits, and it runs only once); a forked child has another pid.
 _exit_drained_pid: int | None = None
@@ -74,8 +77,13 @@ def set_exit_drain(deadline: float | None) -> None:
     and nothing is reported. The default of 5 s is below the grace periods of the common
     supervisors (Docker 10 s, Kubernetes and gunicorn 30 s), which kill the process
     without a word. A bad ``deadline`` raises and changes nothing.
+
+    In a gunicorn worker (``ggopool.gunicorn``'s worker class or hooks) the default is
+    instead what gunicorn's ``graceful_timeout`` leaves once the worker's requests have
+    finished, less a margin; a deadline set here replaces it, but never runs past that
+    point either, so the report is written before gunicorn kills the worker.
     """
-    global _exit_deadline
+    global _exit_deadline, _exit_deadline_chosen
     if deadline is not None:
         if type(deadline) is bool or not isinstance(deadline, (int, float)):
             raise TypeError(f"deadline must be None or a number of seconds >= 0, got {deadline!r}")
@@ -83,6 +91,7 @@ def set_exit_drain(deadline: float | None) -> None:
             raise ValueError(f"deadline must be None or a number of seconds >= 0, got {deadline!r}")
         deadline = float(deadline)
     _exit_deadline = deadline
+    _exit_deadline_chosen = True
 
 
 def drain(timeout: float | None = None) -> bool:
@@ -223,9 +232,12 @@ def interrupt_drain() -> bool:
     return True
 
 
-def exit_drain(limit: float | None = None) -> None:
+def exit_drain(limit: float | None = None, budget: float | None = None) -> None:
     """The drain at interpreter exit: once per process, up to the exit deadline (and
-    ``limit``, if given); never raises. gunicorn's ``worker_exit`` hook runs it early."""
+    ``limit``, if given); never raises. ggopool.gunicorn runs it early.
+
+    ``budget``: the seconds left before the process is killed, which a server that knows
+    its grace period passes: the deadline unless `set_exit_drain` chose one, and a limit."""
     global _exit_drained_pid
     pid = os.getpid()
     if _exit_drained_pid == pid:
@@ -234,6 +246,8 @@ def exit_drain(limit: float | None = None) -> None:
     deadline = _exit_deadline
     if deadline is None:
         return
+    if budget is not None:
+        deadline = min(deadline, budget) if _exit_deadline_chosen else budget
     if limit is not None:
         deadline = min(deadline, limit)
     try:

@@ -1,6 +1,8 @@
 """gunicorn settings for the load-test app: each worker's pools are built after the fork,
 and a worker that stops finishes their tasks first.
 
+    gunicorn -k ggopool.gunicorn.GeventWorker -w 2 --preload -b 127.0.0.1:8000 \\
+        -c python:loadtests.gunicorn_conf loadtests.app:app
     gunicorn -k gevent -w 2 --preload -b 127.0.0.1:8000 \\
         -c python:loadtests.gunicorn_conf loadtests.app:app
 
@@ -10,10 +12,12 @@ queued in the master, which never serves a request and so never runs it. ``post_
 runs in the worker, after the fork: the place to make per-process pools and queue
 start-up work. (Without this hook the app makes them on its first request.)
 
-``worker_exit`` and ``worker_int`` come from `ggopool.gunicorn`: a worker that stops
-(SIGTERM, SIGQUIT, SIGINT, a reload, ``--max-requests``) closes its server, finishes its
-requests, then drains its pools for up to ``LOADTESTS_DRAIN_TIMEOUT`` seconds (unset:
-ggopool's exit drain default, 5 s) and logs what it abandons.
+With ggopool's worker class a worker that stops (SIGTERM, SIGQUIT, SIGINT, a reload,
+``--max-requests``) closes its server, finishes its requests, then drains its pools and
+logs what it abandons; with ``-k gevent`` the hooks from `ggopool.gunicorn`
+(``post_worker_init``, ``worker_exit``, ``worker_int``) do the same, and do nothing under
+the class. The drain takes what ``graceful_timeout`` leaves, or ``LOADTESTS_DRAIN_TIMEOUT``
+seconds if set (`ggopool.set_exit_drain`), cut to what it leaves.
 
 ``child_exit`` runs in the master when a worker has exited: with
 ``PROMETHEUS_MULTIPROC_DIR`` set, it removes that worker's gauges from the directory
@@ -26,6 +30,7 @@ import os
 from typing import Any
 
 import ggopool
+from ggopool import gunicorn as ggopool_gunicorn
 from ggopool.gunicorn import worker_exit, worker_int
 from loadtests.app import start_worker_process
 
@@ -43,6 +48,7 @@ def post_worker_init(worker: Any) -> None:
     # From here on the worker has its own signal handlers: a stop signal the master
     # forwards to it now is obeyed (one that came earlier met the master's handlers,
     # copied by the fork, and was lost). Tests wait for this line before they signal.
+    ggopool_gunicorn.post_worker_init(worker)  # the drain's clock (nothing under the class)
     worker.log.info("Worker ready (pid: %s)", worker.pid)
 
 

@@ -125,7 +125,10 @@ class Proc:
                 )
             return None
 
-        return wait_until(matches, timeout, f"{pattern!r} from {self.args[:3]}")
+        try:
+            return wait_until(matches, timeout, f"{pattern!r} from {self.args[:3]}")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; output:\n{self.output}") from None
 
     def wait(self, timeout: float) -> int:
         """Wait for the process to exit by itself, and its output to be read; its exit code."""
@@ -174,12 +177,72 @@ def start_app(*options: str, env: dict[str, str] | None = None) -> tuple[Proc, s
     return proc, match.group(1)
 
 
-def gunicorn_args(*options: str) -> list[str]:
+#: ggopool's gunicorn worker class, as given to ``-k``.
+WORKER_CLASS = "ggopool.gunicorn.GeventWorker"
+
+
+def gunicorn_args(*options: str, worker_class: str = "gevent") -> list[str]:
     """``gunicorn -k gevent -w 2 --preload`` serving the load-test app with its config, on a
-    free port of 127.0.0.1; ``options`` go before the app."""
-    args = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "--preload"]
+    free port of 127.0.0.1; ``options`` go before the app (a ``-k`` among them wins)."""
+    args = [sys.executable, "-m", "gunicorn", "-k", worker_class, "-w", "2", "--preload"]
     args += ["-b", f"{LOOPBACK}:0", "-c", "python:loadtests.gunicorn_conf", *options]
     return [*args, "loadtests.app:app"]
+
+
+def read_response(sock: gevent.socket.socket) -> bytes:
+    """One HTTP/1.1 response with a Content-Length, read off a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed mid-response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed mid-body"
+        body += chunk
+    return head
+
+
+def start_flask_gunicorn(tmp_path: Path, *options: str) -> tuple[Proc, str, int]:
+    """tests/flask_app.py under gunicorn with the worker class and one worker, once the
+    worker has answered a request (so its signal handlers are in place): the process, its
+    url and the master's pid."""
+    args = [sys.executable, "-m", "gunicorn", "-k", WORKER_CLASS, "-w", "1", "-b", f"{LOOPBACK}:0"]
+    proc = Proc(
+        [*args, *options, "tests.flask_app:app"], subprocess_env(XDG_RUNTIME_DIR=str(tmp_path))
+    )
+    try:
+        [listening] = proc.wait_for(r"Listening at: (http://127\.0\.0\.1:\d+) \((\d+)\)", 20)
+        url = listening.group(1)
+        proc.wait_for(r"Booting worker with pid", 20)
+
+        def answered() -> bool:
+            http = client(url)
+            try:
+                with http.get("/state?rid=ready") as response:
+                    return bool(response.status_code == 200)
+            except OSError:
+                return False
+            finally:
+                http.close()
+
+        wait_until(answered, 20, "the worker's first answer", interval=0.2)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, url, int(listening.group(2))
+
+
+def fetch(url: str, path: str) -> int:
+    http = client(url)
+    try:
+        with http.get(path) as response:
+            response.read()
+            return int(response.status_code)
+    finally:
+        http.close()
 
 
 #: Locust, run by this interpreter.
@@ -209,11 +272,11 @@ def headless(locustfile: str, url: str, run_time: str, *extra: str) -> list[str]
     ]
 
 
-def gunicorn_booted(proc: Proc) -> tuple[str, int, set[int]]:
-    """Wait until gunicorn's master listens and both workers have booted: its url, the
+def gunicorn_booted(proc: Proc, workers: int = 2) -> tuple[str, int, set[int]]:
+    """Wait until gunicorn's master listens and its ``workers`` have booted: its url, the
     master's pid and the workers' pids."""
     [listening] = proc.wait_for(r"Listening at: (http://127\.0\.0\.1:\d+) \((\d+)\)", 20)
-    booted = proc.wait_for(r"Booting worker with pid: (\d+)", 20, count=2)
+    booted = proc.wait_for(r"Booting worker with pid: (\d+)", 20, count=workers)
     return listening.group(1), int(listening.group(2)), {int(m.group(1)) for m in booted}
 
 

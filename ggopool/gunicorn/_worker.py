@@ -1,0 +1,274 @@
+"""The worker class: gunicorn's gevent worker, its connections on a ggopool pool, its pools
+drained on every stop. Imports gunicorn; `ggopool.gunicorn` loads it when asked for."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import time
+from functools import partial
+from types import TracebackType
+from typing import Any
+
+import gevent
+from gevent import Timeout
+from gevent.server import StreamServer
+from greenlet import getcurrent
+from greenlet import greenlet as Greenlet
+from gunicorn.sock import ssl_context  # type: ignore[import-untyped]
+from gunicorn.workers import ggevent  # type: ignore[import-untyped]
+
+from ggopool import _shutdown
+from ggopool._config import Config
+from ggopool._default import new_pool, register_pool
+from ggopool._locals import clear_locals
+from ggopool._pool import Pool
+from ggopool.gunicorn import HEARTBEAT, StopClock, _set_clock
+
+__all__ = ["GeventWorker"]
+
+log = logging.getLogger("ggopool")
+
+
+class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
+    """gunicorn's gevent worker on a ggopool pool, draining the process's pools as it stops.
+
+    ``gunicorn -k ggopool.gunicorn.GeventWorker`` where an app runs ``-k gevent``; no hooks
+    in the config (the hooks of `ggopool.gunicorn` do nothing in it)::
+
+        gunicorn -k ggopool.gunicorn.GeventWorker -w 2 --preload app:app
+
+    Rules:
+
+    * It is ``-k gevent`` (gunicorn's HTTP parser on gevent's ``StreamServer``), not
+      ``-k gevent_pywsgi``.
+    * Connections run as tasks of one pool, named ``"gunicorn.connections"``
+      (`CONNECTIONS`) and registered (`ggopool.get_pool`), of cap ``worker_connections``
+      over all the worker's listeners; the listeners stop accepting while it is full.
+    * Every request runs in a copy of the connection task's ``contextvars`` context and
+      leaves no greenlet-local state (``gevent.local``, or ``threading.local`` under
+      monkey-patching) behind: the next request on the same keep-alive connection, or the
+      next connection on the same worker greenlet, starts without what it set.
+    * A stop (SIGTERM, SIGHUP's SIGTERM, ``--max-requests``, and SIGQUIT or SIGINT too,
+      which gunicorn's gevent worker treats as an exit on the spot) closes the listeners,
+      closes the keep-alive connections that wait between two requests, lets the requests
+      in flight finish (up to ``graceful_timeout``, as gunicorn's gevent worker does), then
+      drains every pool of the process (`ggopool.drain`) while still sending its
+      heartbeat. The drain's deadline is what ``graceful_timeout`` leaves, less
+      `ggopool.gunicorn.MARGIN`, unless `ggopool.set_exit_drain` chose one, cut to the same
+      point; what it abandons is logged, one line per pool.
+    * A second SIGQUIT or SIGINT while the worker drains ends the drain at once, logged.
+      The config's ``worker_int`` hook is still called on each.
+    * In gunicorn's master (``--preload`` imports the app there), tasks queued at import
+      never run in a worker (the master runs them as it exits); the master logs them once,
+      pool by pool, as it makes its first worker: queue start-up work in the
+      ``post_fork`` hook instead.
+    """
+
+    #: The name of the pool the connections run on.
+    CONNECTIONS = "gunicorn.connections"
+
+    #: Tells `ggopool.gunicorn`'s hooks that this worker drains by itself.
+    ggopool_drains = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # gunicorn makes its workers in the master, before the fork.
+        report_master_tasks()
+        self.clock = StopClock()
+        # Each connection's greenlet: the requests it has served; and, while it waits for
+        # another request on a kept-alive connection, the Timeout it waits under.
+        self._served: dict[Greenlet, int] = {}
+        self._between: dict[Greenlet, Timeout] = {}
+
+    # -- the main loop ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        _set_clock(self.clock)
+        pool = self._connection_pool()
+        servers = [self._server(listener, pool) for listener in self.sockets]
+        for server in servers:
+            server.start()
+        while self.alive:
+            self.notify()
+            gevent.sleep(HEARTBEAT)
+        try:
+            for server in servers:
+                server.close()
+            self._close_between_requests()
+            self._finish_requests(pool, servers)
+        finally:
+            self._drain()
+
+    def notify(self) -> None:
+        self.clock.heartbeat(bool(self.alive))
+        super().notify()
+
+    def _connection_pool(self) -> Pool:
+        # As gevent.pool.Pool(worker_connections), which gunicorn's gevent worker uses.
+        config = Config(spawn_waits_when_full=True)
+        pool = new_pool(self.CONNECTIONS, self.worker_connections, config)
+        register_pool(pool)
+        return pool
+
+    def _server(self, listener: Any, pool: Pool) -> StreamServer:
+        # As gunicorn's gevent worker makes its servers, on the one connection pool.
+        ssl_args = {"ssl_context": ssl_context(self.cfg)} if self.cfg.is_ssl else {}
+        listener.setblocking(1)
+        handle = partial(self.handle, listener)
+        server: StreamServer = StreamServer(  # type: ignore[call-overload]
+            listener, handle=handle, spawn=pool, **ssl_args
+        )
+        if self.cfg.workers > 1:
+            server.max_accept = 1
+        return server
+
+    def _finish_requests(self, pool: Pool, servers: list[Any]) -> None:
+        # The requests in flight finish, up to graceful_timeout, with the heartbeat going.
+        deadline = time.monotonic() + float(self.cfg.graceful_timeout)
+        while pool.free_count() != pool.size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.log.warning("Worker graceful timeout (pid:%s)", self.pid)
+                for server in servers:
+                    server.stop(timeout=1)
+                return
+            self.notify()
+            pool.join(min(HEARTBEAT, left))
+
+    def _drain(self) -> None:
+        beat = gevent.spawn(self._beat)
+        try:
+            _shutdown.exit_drain(budget=self.clock.budget(self.cfg, beating=True))
+        finally:
+            beat.kill()
+
+    def _beat(self) -> None:
+        while True:
+            self.notify()
+            gevent.sleep(HEARTBEAT)
+
+    # -- stop signals ----------------------------------------------------------------------
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.clock.stopping()
+        super().handle_exit(sig, frame)
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        # gunicorn's would throw SystemExit into the main greenlet without closing the
+        # server: stop as SIGTERM does instead. Blocking calls and the config's hook run
+        # outside the signal handler, in a greenlet.
+        self.clock.stopping()
+        self.alive = False
+        gevent.spawn(self._quit)
+
+    def _quit(self) -> None:
+        if _shutdown.interrupt_drain():
+            self.log.info("ggopool: a second stop signal ended the drain")
+        try:
+            self.cfg.worker_int(self)
+        except Exception:  # the config's hook must not stop the stop
+            self.log.exception("Exception in worker_int hook")
+
+    # -- connections and requests ----------------------------------------------------------
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        me = getcurrent()
+        self._served[me] = 0
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            self._served.pop(me, None)
+            self._between.pop(me, None)
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
+        me = getcurrent()
+        try:
+            # A copy of the connection's context, never changed by a request: the next
+            # request starts from the same one.
+            return contextvars.copy_context().run(
+                super().handle_request, listener_name, req, sock, addr
+            )
+        finally:
+            if me.__dict__:
+                clear_locals(me)
+            if me in self._served:
+                self._served[me] += 1
+
+    def timeout_ctx(self) -> Any:
+        return _NextRequest(self)
+
+    def _close_between_requests(self) -> None:
+        # Kept-alive connections waiting for another request close now; those reading
+        # or serving one go on.
+        hub = gevent.get_hub()
+        for connection, timeout in list(self._between.items()):
+            hub.loop.run_callback(self._close_waiting, connection, timeout)
+
+    def _close_waiting(self, connection: Greenlet, timeout: Timeout) -> None:
+        # In the hub: the connection still waits under this timeout (nothing yields
+        # between this check and the throw). Its expiry ends the wait with no request,
+        # as gunicorn's keep-alive timeout does, and the connection closes.
+        if self._between.get(connection) is timeout:
+            connection.throw(timeout)
+
+
+class _NextRequest:
+    """What gunicorn's keep-alive loop waits for the next request under: its keep-alive
+    timeout, marked as between two requests on a connection that has served one."""
+
+    __slots__ = ("connection", "timeout", "worker")
+
+    def __init__(self, worker: GeventWorker) -> None:
+        self.worker = worker
+        self.connection = getcurrent()
+        # False: when it expires it ends the wait silently, as gunicorn's own does.
+        self.timeout = Timeout(worker.cfg.keepalive, False)  # type: ignore[arg-type]
+
+    def __enter__(self) -> Timeout:
+        worker = self.worker
+        between = worker._served.get(self.connection, 0) > 0
+        if between and not worker.alive:
+            raise StopIteration  # stopping: gunicorn's loop closes the connection
+        self.timeout.start()
+        if between:
+            worker._between[self.connection] = self.timeout
+        return self.timeout
+
+    def __exit__(
+        self,
+        typ: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self.worker._between.pop(self.connection, None)
+        return self.timeout.__exit__(typ, value, tb)
+
+
+_master_reported: int | None = None
+
+
+def report_master_tasks() -> None:
+    """Log, once per process, the pools that hold tasks in gunicorn's master."""
+    global _master_reported
+    pid = os.getpid()
+    if _master_reported == pid:
+        return
+    busy = _shutdown._busy()
+    if not busy:
+        return
+    _master_reported = pid
+    for pool in busy:
+        try:
+            stats = pool.stats()
+            log.warning(
+                "ggopool: pool %r: %d tasks queued in gunicorn's master (pid %d), which "
+                "serves no requests, so no worker runs them (they run when the master "
+                "exits): queue start-up work in the post_fork hook",
+                stats.name,
+                stats.pending + stats.running,
+                pid,
+            )
+        except Exception:  # noqa: BLE001 - a report must never raise
+            pass
