@@ -196,6 +196,15 @@ def test_the_clock_takes_the_stop_to_begin_at_the_last_heartbeat_that_found_it_a
     assert clock.began == alive_at
 
 
+def test_a_stop_not_yet_seen_is_taken_to_begin_at_the_last_heartbeat_alive() -> None:
+    # gunicorn's gevent worker may learn of a SIGTERM up to a heartbeat late, with no
+    # request left to make it beat again: the budget counts from the last heartbeat alive.
+    clock = StopClock()
+    clock.last_alive = time.monotonic() - 0.8
+    assert clock.began is None
+    assert 2.1 < clock.budget(config(4, 0), beating=True) <= 2.2
+
+
 def test_without_post_worker_init_the_hooks_take_the_stop_as_now() -> None:
     assert 28.9 < StopClock().budget(config(30, 30), beating=False) <= 29.0
 

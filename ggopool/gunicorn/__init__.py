@@ -74,9 +74,11 @@ def __getattr__(name: str) -> Any:
 class StopClock:
     """When a worker's stop began and when it last sent its heartbeat (monotonic seconds).
 
-    gunicorn's gevent worker checks ``alive`` once a second, right after its heartbeat:
-    the first heartbeat that finds the worker stopping says the stop began after the
-    heartbeat before it, which is the time taken (never later than the truth).
+    gunicorn's gevent worker checks ``alive`` once a second, right after its heartbeat, so
+    it may learn of a SIGTERM up to a second late. A stop not yet seen to begin (no stop
+    signal reached `stopping`, no heartbeat found the worker stopping) is taken to have
+    begun at the last heartbeat that found the worker alive: never later than the truth,
+    so the drain never outlives gunicorn's budget.
     """
 
     __slots__ = ("beat", "began", "last_alive")
@@ -104,7 +106,7 @@ class StopClock:
         stop began and, unless the worker goes on ``beating``, ``timeout`` since the last
         heartbeat; less `MARGIN`, and never below 0."""
         now = time.monotonic()
-        began = now if self.began is None else self.began
+        began = self.last_alive if self.began is None else self.began
         limits = [float(cfg.graceful_timeout) - (now - began)]
         if not beating and cfg.timeout:
             limits.append(float(cfg.timeout) - (now - self.beat))
