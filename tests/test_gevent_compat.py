@@ -923,7 +923,7 @@ def test_a_second_kill_and_a_throw_from_inside_the_task(hub_errors: HubErrors) -
     task = ggopool.spawn(gate.wait)
     gevent.idle()
     task.kill(block=False)
-    task.kill(ExpectedError, block=False)  # the first kill's exception stands
+    task.kill(ExpectedError, block=False)  # each kill its own: the first ends it, as in gevent
     task.join(timeout=5)
     assert isinstance(value_of(task), GreenletExit)
     handle: list[Task[None]] = []
