@@ -448,6 +448,10 @@ class Pool(GeventPoolMixin):
     def join(self, timeout: float | None = None, raise_error: bool = False) -> bool:
         """Wait until nothing is queued or running; False if ``timeout`` passed first.
 
+        It also waits for the report of each failed task (its panic handler, which may
+        yield), although `stats` counts such a task as failed, not running, from the moment
+        it raised.
+
         With ``raise_error``, then raise the exception of one of the pool's members at the
         time of the call (see `spawn`) that failed, as gevent's ``join`` does.
         Called from one of the pool's own tasks it would wait for itself: RuntimeError.
