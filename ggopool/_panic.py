@@ -118,29 +118,14 @@ def report_failure(
     itself fails (a broken stderr, a ``handle_error`` that raises), one line goes to
     ``sys.__stderr__`` if it can, and the worker goes on.
     """
-    handle = fn.__self__ if is_task_runner(fn, pool) else None  # type: ignore[attr-defined]
-    try:
-        _report(pool, handle, ctx, fn, args, kwargs, exc)
-    finally:
-        if handle is not None:
-            handle._forget_call()  # it kept its arguments for the report (Task._run)
-
-
-def _report(
-    pool: Pool,
-    handle: Task[Any] | None,
-    ctx: contextvars.Context,
-    fn: object,
-    args: tuple[Any, ...],
-    kwargs: Mapping[str, Any],
-    exc: BaseException,
-) -> None:
+    handle = None  # a Task's: it kept its arguments for this report (Task._run)
     try:
         hub = get_hub()
         handler = pool._panic_handler
         spawned = None  # a spawned Task: the hub gets it as context, as gevent a greenlet
-        if handle is not None:
+        if is_task_runner(fn, pool):
             # Name the callable the caller submitted and its arguments, not the runner.
+            handle = fn.__self__  # type: ignore[attr-defined]
             spawned = handle if handle._spawned else None
             fn, args, kwargs = handle._fn, args[0], args[1]
         failed = FailedTask(pool, fn, args=args, kwargs=kwargs)
@@ -165,6 +150,9 @@ def _report(
         raise
     except BaseException as report_exc:  # noqa: BLE001 - reporting must not end the worker
         _last_resort(pool, "a task failed", exc, report_exc)
+    finally:
+        if handle is not None:
+            handle._forget_call()  # a done task's args are empty, as a dead greenlet's
 
 
 def report_task_failure(
