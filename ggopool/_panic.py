@@ -119,6 +119,7 @@ def report_failure(
     itself fails (a broken stderr, a ``handle_error`` that raises), one line goes to
     ``sys.__stderr__`` if it can, and the worker goes on.
     """
+    handle = None  # a Task's: it kept its arguments for this report (Task._run)
     try:
         hub = get_hub()
         handler = pool._panic_handler
@@ -151,6 +152,9 @@ def report_failure(
         raise
     except BaseException as report_exc:  # noqa: BLE001 - reporting must not end the worker
         _last_resort(pool, "a task failed", exc, report_exc)
+    finally:
+        if handle is not None:
+            handle._forget_call()  # a done task's args are empty, as a dead greenlet's
 
 
 def report_task_failure(

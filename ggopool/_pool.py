@@ -17,7 +17,6 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 from gevent.monkey import get_original
 from greenlet import GreenletExit, getcurrent
-from greenlet import greenlet as Greenlet
 
 from ggopool._config import Config, check_int_at_least, check_timeout
 from ggopool._entry import NO_KWARGS, SLOTS, Entry
@@ -27,7 +26,19 @@ from ggopool._instrument import Instruments, InstrumentsMixin, dropped
 from ggopool._panic import PanicHandler
 from ggopool._stats import Counts, PoolStats
 from ggopool._task import Task, as_exception, is_task_runner
-from ggopool._worker import GONE, PARKED, RETIRE, RUNNING, STARTING, WAKING, WORK, Worker, work
+from ggopool._worker import (
+    GONE,
+    LEAVING,
+    PARKED,
+    RETIRE,
+    RUNNING,
+    STARTING,
+    WAKING,
+    WORK,
+    Worker,
+    aim_kill,
+    work,
+)
 
 if TYPE_CHECKING:
     from ggopool._group import TaskGroup
@@ -46,16 +57,20 @@ NO_THREAD = -1
 all_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 
 
-def _throw_exit(worker: Greenlet) -> None:
-    if not worker.dead:
-        worker.throw(GreenletExit)
-
-
-def _throw_into_task(worker: Worker, exception: object) -> None:
-    # Pool.kill(exception=...): only into a worker inside a task (one that parked since
-    # gets the GreenletExit that follows, as the others do).
-    if not worker.dead and worker.state is RUNNING:
+def _kill_worker(worker: Worker, exception: object) -> None:
+    """Pool.kill's blow to one worker (a loop callback in the hub), thrown once: a worker
+    inside a task gets ``exception`` there and leaves after that task, however it ends;
+    any other (parked, starting, woken) gets the plain exit, reported nowhere. A worker
+    already leaving after an earlier kill is not hit again, as gevent's Group.kill
+    does not hit a dying greenlet twice."""
+    if worker.dead:
+        return
+    state = worker.state
+    if state is RUNNING:
+        aim_kill(worker)
         worker.throw(as_exception(exception))
+    elif state is not LEAVING:
+        worker.throw(GreenletExit)
 
 
 def _no_max_idle(max_idle: int | None) -> int:
@@ -447,6 +462,10 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
     def join(self, timeout: float | None = None, raise_error: bool = False) -> bool:
         """Wait until nothing is queued or running; False if ``timeout`` passed first.
 
+        It also waits for the report of each failed task (its panic handler, which may
+        yield), although `stats` counts such a task as failed, not running, from the moment
+        it raised.
+
         With ``raise_error``, then raise the exception of one of the pool's members at the
         time of the call (see `spawn`) that failed, as gevent's ``join`` does.
         Called from one of the pool's own tasks it would wait for itself: RuntimeError.
@@ -496,8 +515,14 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
 
         Queued tasks never run; a handle's outcome is ``exception``, as for a greenlet
         killed before it started (the default ``GreenletExit`` is its value). Running
-        tasks get ``exception`` raised inside them, then their workers end. Members added
-        with `add` are killed with it too, as gevent's ``Pool.kill`` kills its greenlets.
+        tasks get ``exception`` raised inside them, once, and each such worker ends when
+        its task does, however the task ends: a task that catches the exit to clean up
+        and returns (``except GreenletExit: cleanup(); return``) still ends its worker.
+        Parked workers end with a plain ``GreenletExit``, reported nowhere, whatever
+        ``exception`` is. A worker still running a task that survived an earlier kill is
+        not hit again (as gevent's ``Group.kill`` does not hit a dying greenlet twice);
+        `Task.kill` on that task is a new kill. Members added with `add` are killed with
+        it too, as gevent's ``Pool.kill`` kills its greenlets.
 
         With ``block``, waits up to ``timeout`` seconds for the workers (and the added
         members) to end; True if they all did. ``timeout`` comes first, for the callers
@@ -541,18 +566,16 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         counts.dropped += len(handed)
         counts.cancelled += newly + len(handed)
         greenlets = list(self._greenlets)
-        into_tasks = None if exception is GreenletExit else exception
         for worker in greenlets:
             # Scheduled after the callbacks that start new workers, so each has started.
-            if into_tasks is not None:
-                self._hub.loop.run_callback(_throw_into_task, worker, into_tasks)
-            self._hub.loop.run_callback(_throw_exit, worker)
+            self._hub.loop.run_callback(_kill_worker, worker, exception)
         added = self._kill_added_members(exception)
         current = getcurrent()
         if current in self._greenlets:
-            if into_tasks is not None:
-                raise as_exception(into_tasks)  # the calling task ends with it, then its worker
-            raise GreenletExit  # killed from one of its own tasks: this worker ends too
+            # Killed from one of its own tasks: the calling task ends with the exception
+            # now, and its worker after it (its callback above finds it leaving).
+            aim_kill(current)  # a Worker: it is in _greenlets
+            raise as_exception(exception)
         if not block:
             return not any(worker in self._greenlets for worker in greenlets)
         # False: the Timeout ends the block quietly, as gevent documents (the stubs omit it).
@@ -608,16 +631,20 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         """Tasks started and not finished: the workers inside a task.
 
         Seen from any greenlet but a worker's own, a worker that is awake and back in its
-        loop is inside a task, because between two tasks it never yields.
+        loop is inside a task, or reporting the failure of its last one (which is done),
+        because between two tasks it never yields.
         """
-        return self._workers - len(self._parked) - self._starting
+        return self._workers - len(self._parked) - self._starting - self._counts.reporting
 
     def _in_flight(self) -> int:
         """Tasks accepted from other threads and not yet on the queue."""
         return len(self._inbox) + len(self._awaiting)
 
     def _is_quiet(self) -> bool:
-        return not self._tasks and self._running() == 0 and not self._in_flight()
+        # No worker awake in its loop: join() waits for failure reports (their panic
+        # handlers) as well as for the tasks.
+        awake = self._workers - len(self._parked) - self._starting
+        return not self._tasks and awake == 0 and not self._in_flight()
 
     def stats(self) -> PoolStats:
         """A snapshot of the pool's counts; see `PoolStats`."""
@@ -715,7 +742,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         """
         self._hub = get_hub()
         self._generation += 1
-        self._workers = self._starting = self._to_start = 0
+        self._workers = self._starting = self._to_start = self._counts.reporting = 0
         self._parked = {}
         self._greenlets = set()
         self._starter_scheduled = False

@@ -23,6 +23,7 @@ class Counts:
         "dropped",
         "failed",
         "rejected",
+        "reporting",
         "skipped",
     )
 
@@ -33,13 +34,20 @@ class Counts:
         self.cancelled_queued = 0  # cancelled entries still on the queue
         self.dropped = 0  # entries removed from the queue by Pool.kill
         self.rejected = 0  # go/submit refused: closed, full, or try_go with no room
+        # Workers reporting a failed task (its panic handler, or the hub's handle_error,
+        # may yield): the task is done and counted failed, so it no longer counts as
+        # running, and completed, derived from running, never goes down meanwhile.
+        self.reporting = 0
 
 
 @dataclass(frozen=True)
 class PoolStats:
     """A snapshot of a pool's counts, from `Pool.stats`.
 
-    ``submitted == completed + failed + cancelled + running + pending`` always holds.
+    ``submitted == completed + failed + cancelled + running + pending`` always holds, even
+    while a panic handler runs, and ``submitted``, ``completed``, ``failed``, ``cancelled``
+    and ``rejected`` never go down. A task whose failure is being reported (its panic
+    handler may yield) counts as failed and no longer as running.
     ``completed`` counts tasks that returned (a task killed while running counts here, as
     a killed ``gevent.Greenlet`` is successful); ``failed`` those that raised.
     """
@@ -48,7 +56,7 @@ class PoolStats:
     cap: int
     workers: int  # live worker greenlets, running or parked
     idle: int  # of those, parked on the free list
-    running: int  # tasks started and not finished
+    running: int  # tasks started and not finished (a failed one being reported is finished)
     pending: int  # tasks queued, not started, not cancelled
     submitted: int  # tasks accepted by go, ctx_go, submit or try_go
     completed: int

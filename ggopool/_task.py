@@ -120,7 +120,8 @@ class Task(_TaskBase, Generic[T]):
       runs and its outcome is ``exception``, as for a greenlet killed before it started
       (the default ``GreenletExit`` becomes its value, so ``successful()`` is True); a
       running one gets ``exception`` raised inside it, and its worker goes on with the
-      next task.
+      next task. Each kill is a new one: a task that caught the first kill's exception
+      and went on gets the second kill's, as a greenlet does.
     * ``cancel()`` (a Future's): a queued task never runs, and ``get()`` raises
       `TaskCancelled`. ``cancelled()`` is True for a task stopped before it ran by either.
     * ``link``/``link_value``/``link_exception`` call ``callback(task)`` in a greenlet of
@@ -175,8 +176,8 @@ class Task(_TaskBase, Generic[T]):
         self._exc: BaseException | None = None
         self._tb: TracebackType | None = None
         self._greenlet: RawGreenlet | None = None
-        # What kill() raises inside the running task: only that instance ends the task and
-        # not its worker (a Pool.kill's exit landing first must end the worker).
+        # What the latest kill() raised inside the running task: only that instance ends
+        # the task and not its worker (a Pool.kill's exit must end the worker).
         self._kill_exc: BaseException | None = None
         self._spawned = False  # gevent-style: a failure is reported (see Pool.spawn)
         # What to call as it finishes: None, one hook, or a list of them (most tasks have
@@ -231,8 +232,11 @@ class Task(_TaskBase, Generic[T]):
                 return  # a kill aimed at this task, not at the worker: the worker goes on
             raise
         except BaseException as exc:
-            self._finish(None, exc, exc.__traceback__)
-            if self._spawned or isinstance(exc, get_hub().SYSTEM_ERROR):
+            reported = self._spawned or isinstance(exc, get_hub().SYSTEM_ERROR)
+            # A reported task keeps its arguments until the report is made, so that the
+            # report names the call, as gevent's does (report_failure forgets them).
+            self._finish(None, exc, exc.__traceback__, keep_call=reported)
+            if reported:
                 # The worker counts it and reports it (the pool's panic handler, or the
                 # hub with this task as context), as gevent reports a greenlet's failure.
                 raise
@@ -240,26 +244,43 @@ class Task(_TaskBase, Generic[T]):
             return
         self._finish(value, None, None)
 
-    def _finish(self, value: object, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def _finish(
+        self,
+        value: object,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        keep_call: bool = False,
+    ) -> None:
         self._state = _DONE
-        self._set_outcome(value, exc, tb)
+        self._set_outcome(value, exc, tb, keep_call)
 
     def _set_outcome(
-        self, value: object, exc: BaseException | None, tb: TracebackType | None
+        self,
+        value: object,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        keep_call: bool = False,
     ) -> None:
         # Plain assignments that cannot fail, so the handle always becomes ready.
+        # keep_call: the arguments stay until the failure's report calls _forget_call.
         self._greenlet = None
         self._value = value
         self._exc = exc
         self._tb = tb
-        self._args = ()
-        self._kwargs = {}
+        if not keep_call:
+            self._forget_call()
         self._ctx = None
         try:
             if self._links:
                 self._schedule_notify()
         finally:
             self._run_hooks()
+
+    def _forget_call(self) -> None:
+        """Drop the call's arguments (a done task's ``args`` and ``kwargs`` are empty, as a
+        dead greenlet's)."""
+        self._args = ()
+        self._kwargs = {}
 
     def _add_hook(self, hook: Callable[[Task[T]], object]) -> None:
         """Call ``hook(self)`` synchronously when the task finishes or is cancelled."""
@@ -528,7 +549,7 @@ class Task(_TaskBase, Generic[T]):
         if isinstance(exc, GreenletExit):
             self._set_outcome(exc, None, None)
             return
-        self._set_outcome(None, exc, exc.__traceback__)
+        self._set_outcome(None, exc, exc.__traceback__, keep_call=self._spawned)
         if self._spawned:
             from ggopool._panic import report_task_failure  # _panic imports this module
 
@@ -587,23 +608,27 @@ class Task(_TaskBase, Generic[T]):
         up to ``timeout`` seconds until it is done. Never raises, as gevent's (but for a
         bad ``timeout``, refused before anything happens)."""
         timeout = _check_wait_timeout(timeout)
-        if not self._aim_kill(exception):
+        exc = self._aim_kill(exception)
+        if exc is None:
             return
-        self._pool._hub.loop.run_callback(self._throw_kill)
+        self._pool._hub.loop.run_callback(self._throw_kill, exc)
         if block:
             self.join(timeout)
 
-    def _aim_kill(self, exception: object) -> bool:
-        """The part `kill` and `throw` share: a queued task is killed now; a running one is
-        given ``exception`` to end with, raised at once if the task is killing itself.
-        True if it must still be thrown into the task's greenlet."""
+    def _aim_kill(self, exception: object) -> BaseException | None:
+        """The part `kill` and `throw` share: a queued task is killed now; a running one
+        is to get ``exception``, raised at once if the task is killing itself. The
+        exception still to throw into the task's greenlet, or None.
+
+        Each kill is a new kill with its own exception, as each of gevent's is: a task
+        that survived one gets the next one's."""
         if self._maybe_kill_before_start(exception) or self._state is not _RUNNING:
-            return False
-        if self._kill_exc is None:
-            self._kill_exc = as_exception(exception)
+            return None
+        exc = as_exception(exception)
         if getcurrent() is self._greenlet:
-            raise self._kill_exc
-        return True
+            self._kill_exc = exc
+            raise exc
+        return exc
 
     def _maybe_kill_before_start(self, exception: object) -> bool:
         """Kill the task now if it is still queued (``gevent.killall`` calls this first, so
@@ -618,19 +643,20 @@ class Task(_TaskBase, Generic[T]):
             self._mark_killed(exception)
         return self.ready()
 
-    def _throw_kill(self) -> None:
+    def _throw_kill(self, exc: BaseException) -> None:
         # Runs in the hub. Only if the task is still running: the worker may have moved on
         # to another task since kill() was called, and that one must not get the exit.
-        exc = self._kill_exc
-        if self._state is _RUNNING and self._greenlet is not None and exc is not None:
+        if self._state is _RUNNING and self._greenlet is not None:
+            self._kill_exc = exc  # the one this task may end with and its worker go on
             self._greenlet.throw(exc)
 
     def throw(self, *args: Any) -> None:
         """Raise an exception in the task now (from the hub, as ``gevent.killall`` does):
         a queued task is killed before it starts, a running one gets it at once."""
         exception: object = args if len(args) == 3 else (args[0] if args else GreenletExit)
-        if self._aim_kill(exception):
-            self._throw_kill()
+        exc = self._aim_kill(exception)
+        if exc is not None:
+            self._throw_kill(exc)
 
     def start(self) -> None:
         """Queue a task made by `Pool.task` on its pool, as a member (``spawn`` queues one

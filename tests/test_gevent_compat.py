@@ -930,7 +930,7 @@ def test_a_second_kill_and_a_throw_from_inside_the_task(hub_errors: HubErrors) -
     task = ggopool.spawn(gate.wait)
     gevent.idle()
     task.kill(block=False)
-    task.kill(ExpectedError, block=False)  # the first kill's exception stands
+    task.kill(ExpectedError, block=False)  # each kill its own: the first ends it, as in gevent
     task.join(timeout=5)
     assert isinstance(value_of(task), GreenletExit)
     handle: list[Task[None]] = []
@@ -1068,3 +1068,68 @@ def test_a_killed_submitted_task_is_not_reported(hub_errors: HubErrors) -> None:
     assert hub_errors.take() == []
     gate.set()
     pool.join()
+
+
+class SpecialError(Exception):
+    pass
+
+
+def swallows_the_exit(gate: Event, cleaned: list[str]) -> str:
+    try:
+        gate.wait()
+    except GreenletExit:
+        cleaned.append("cleaned")
+        return "cleaned up"
+    return "finished"
+
+
+def survives_kills(shots: list[str]) -> str:
+    while True:
+        try:
+            Event().wait()
+        except SpecialError:
+            shots.append("SpecialError")
+            return "ended"
+        except GreenletExit:
+            shots.append("GreenletExit")
+
+
+def kills_as_gevent_kills(pool: Any) -> list[object]:
+    """What a pool's kill and a task's second kill do, for gevent's Pool and for ggopool's."""
+    seen: list[object] = []
+    cleaned: list[str] = []
+    swallowing = pool.spawn(swallows_the_exit, Event(), cleaned)
+    gevent.idle()
+    with gevent.Timeout(5, AssertionError("Pool.kill() hung")):
+        pool.kill()
+    seen += [len(pool), swallowing.dead, swallowing.value, cleaned]
+    shots: list[str] = []
+    undead = pool.spawn(survives_kills, shots)
+    gevent.idle()
+    undead.kill(block=False)
+    gevent.idle()
+    seen += [undead.dead, list(shots)]
+    with gevent.Timeout(5, AssertionError("the second kill hung")):
+        undead.kill(SpecialError)
+    gevent.idle()  # gevent's group drops a dead member from a link, in the hub
+    seen += [undead.dead, undead.value, shots, len(pool)]
+    return seen
+
+
+def test_pool_kill_and_a_second_kill_as_gevents_side_by_side() -> None:
+    expected = kills_as_gevent_kills(gevent.pool.Pool(2))
+    assert expected == [
+        0,
+        True,
+        "cleaned up",
+        ["cleaned"],
+        False,
+        ["GreenletExit"],
+        True,
+        "ended",
+        ["GreenletExit", "SpecialError"],
+        0,
+    ]
+    pool = gevent_like_pool(2, "side-by-side")
+    assert kills_as_gevent_kills(pool) == expected
+    assert pool.worker_count() == 1  # a Task.kill spares the worker; the pool's kill did not

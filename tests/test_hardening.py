@@ -897,3 +897,222 @@ def test_every_finish_hook_runs_in_order_and_one_that_raises_is_reported(
     # A hook added once the task is done runs at once.
     task._add_hook(lambda t: called.append("late"))
     assert called[-1] == "late"
+
+
+# -- 15. a kill the task swallows, a second kill ------------------------------------------------
+
+
+class SpecialError(Exception):
+    """What the last kill of a task that survives kills is given, to end it."""
+
+
+def swallows_the_exit(gate: Event, cleaned: list[str], cleanup_gate: Event | None = None) -> str:
+    """gevent's clean-up idiom: catch the kill, clean up (maybe yielding), return."""
+    try:
+        gate.wait()
+    except GreenletExit:
+        if cleanup_gate is not None:
+            cleanup_gate.wait()
+        cleaned.append("cleaned")
+        return "cleaned up"
+    return "finished"
+
+
+def survives_kills(shots: list[str]) -> str:
+    """gevent's Undead: survives every kill but SpecialError, counting the shots."""
+    while True:
+        try:
+            Event().wait()
+        except SpecialError:
+            shots.append("SpecialError")
+            return "ended"
+        except BaseException as exc:  # noqa: BLE001 - the point: it survives
+            shots.append(type(exc).__name__)
+
+
+@pytest.mark.parametrize("idle_timeout", [None, 10.0])
+@pytest.mark.parametrize("via", ["go", "submit", "spawn"])
+def test_pool_kill_ends_a_worker_whose_task_swallows_the_exit(
+    idle_timeout: float | None, via: str
+) -> None:
+    pool = ggopool.new_pool("swallow", 2, Config(idle_timeout=idle_timeout))
+    gate = Event()
+    cleaned: list[str] = []
+    getattr(pool, via)(swallows_the_exit, gate, cleaned)
+    gevent.idle()
+    worker = next(iter(pool._greenlets))
+    with must_not_hang("Pool.kill()"):
+        assert pool.kill(timeout=HANG) is True
+    assert cleaned == ["cleaned"]
+    assert worker.dead
+    s = check_counts(pool)
+    assert (s.workers, s.idle, s.running) == (0, 0, 0)
+    runs_next_task(pool)
+
+
+def test_pool_kill_without_blocking_ends_a_swallowing_worker_after_its_task() -> None:
+    # The task cleans up for a while after catching the kill; meanwhile a task is queued
+    # on the cap-1 pool. The worker runs no task after the one the kill was aimed at.
+    pool = ggopool.new_pool("swallow", 1, Config(idle_timeout=None))
+    gate, cleanup_gate = Event(), Event()
+    cleaned: list[str] = []
+    pool.go(swallows_the_exit, gate, cleaned, cleanup_gate)
+    gevent.idle()
+    [worker] = list(pool._greenlets)
+    assert pool.kill(block=False) is False
+    gevent.idle()  # the exit landed: the task is cleaning up
+    after = pool.submit(gevent.getcurrent)
+    gevent.idle()
+    assert not after.ready()  # the cap is taken by the worker that is cleaning up
+    assert check_counts(pool).workers == 1
+    cleanup_gate.set()
+    with must_not_hang("the task queued after the kill"):
+        assert after.get() is not worker
+    assert worker.dead
+    assert cleaned == ["cleaned"]
+    assert check_counts(pool).workers == 1
+
+
+def test_pool_kill_with_an_exception_throws_it_once_and_ends_the_worker(
+    hub_errors: HubErrors,
+) -> None:
+    pool = ggopool.new_pool("swallow", 1, Config(idle_timeout=None))
+    shots: list[str] = []
+    task = pool.submit(survives_kills, shots)
+    gevent.idle()
+    [worker] = list(pool._greenlets)
+    assert pool.kill(timeout=0.05, exception=ValueError) is False  # it survived
+    assert shots == ["ValueError"]  # thrown once, and no GreenletExit after it
+    assert pool.kill(timeout=0.05) is False  # a worker already leaving is not hit again
+    assert shots == ["ValueError"]
+    task.kill(SpecialError, timeout=HANG)  # a Task.kill is a new kill
+    assert task.get(block=False) == "ended"
+    gevent.idle()
+    assert worker.dead  # it left after the task the pool's kill was aimed at
+    assert check_counts(pool).workers == 0
+    assert hub_errors.take() == []  # a submitted task that survived: nothing to report
+    runs_next_task(pool)
+
+
+@pytest.mark.parametrize("how", ["kill", "throw"])
+def test_a_second_kill_of_a_task_is_a_new_kill(how: str) -> None:
+    # gevent's test__greenletset.test_kill_fires_once: each kill throws its own exception.
+    pool = ggopool.new_pool("undead", 1, Config(idle_timeout=None))
+    shots: list[str] = []
+    task = pool.submit(survives_kills, shots)
+    gevent.idle()
+    [worker] = list(pool._greenlets)
+    task.kill(block=False)
+    gevent.idle()
+    assert shots == ["GreenletExit"]
+    assert not task.ready()
+    with must_not_hang("the second kill"):
+        if how == "kill":
+            task.kill(SpecialError, block=True)
+        else:
+            gevent.get_hub().loop.run_callback(task.throw, SpecialError)
+            task.join()
+    assert shots == ["GreenletExit", "SpecialError"]
+    assert task.get(block=False) == "ended"
+    # A Task.kill ends the task, not its worker: the worker goes on with the next task.
+    with must_not_hang("the next task"):
+        assert pool.submit(gevent.getcurrent).get() is worker
+    check_counts(pool)
+
+
+# -- 16. a report that yields -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["panic_handler", "hub_report"])
+@pytest.mark.parametrize("done_before", [0, 3])
+def test_counts_never_go_down_while_a_failure_report_yields(
+    hub_errors: HubErrors, where: str, done_before: int
+) -> None:
+    # A panic handler (or an application's handle_error) that logs over the network.
+    pool = ggopool.new_pool("report", 2, Config(idle_timeout=None))
+    hub = gevent.get_hub()
+    inside, done = Event(), Event()
+
+    def slow_report(*args: Any) -> None:
+        inside.set()
+        done.wait()
+
+    for _ in range(done_before):
+        pool.go(int)
+    gevent.idle()
+    before = check_counts(pool)
+    assert (before.completed, before.failed) == (done_before, 0)
+    if where == "panic_handler":
+        pool.set_panic_handler(slow_report)
+    else:
+        hub.handle_error = slow_report  # type: ignore[method-assign,assignment]
+    try:
+        pool.go(fail)
+        with must_not_hang("the report"):
+            inside.wait()
+        s = check_counts(pool)
+        # The failed task is done: counted failed, not running; completed stays.
+        assert (s.completed, s.failed, s.running, s.submitted) == (
+            done_before,
+            1,
+            0,
+            done_before + 1,
+        )
+        assert s.workers == 1
+        assert pool.join(timeout=0.01) is False  # join waits for the report as well
+        done.set()
+        with must_not_hang("join()"):
+            assert pool.join()
+    finally:
+        hub.handle_error = hub_errors.handle_error  # type: ignore[method-assign,assignment]
+    s = check_counts(pool)
+    assert (s.completed, s.failed, s.running) == (done_before, 1, 0)
+    runs_next_task(pool)
+
+
+def fetch(url: str, retries: int = 0) -> NoReturn:
+    raise ValueError(f"cannot fetch {url}")
+
+
+@pytest.mark.parametrize("how", ["raised", "killed_before_it_ran"])
+def test_report_of_a_failed_spawn_task_names_its_arguments(hub_errors: HubErrors, how: str) -> None:
+    hub = gevent.get_hub()
+    reports: list[str] = []
+    pool = ggopool.new_pool("named", 1)
+
+    def record(context: Any, type_: Any, value: Any, tb: Any) -> None:
+        reports.append(f"{context!r} failed with {type_.__name__}")
+
+    hub.handle_error = record  # type: ignore[method-assign,assignment]  # the report as made
+    try:
+        if how == "raised":
+            task = pool.spawn(fetch, "/bad", retries=3)
+            gevent.idle()
+        else:
+            gate = Event()
+            pool.go(gate.wait)
+            task = pool.spawn(fetch, "/bad", retries=3)
+            task.kill(ValueError("stopped"), block=False)
+            gate.set()
+            gevent.idle()
+    finally:
+        hub.handle_error = hub_errors.handle_error  # type: ignore[method-assign,assignment]
+    [report] = reports
+    assert report.endswith(": fetch('/bad', retries=3)> failed with ValueError"), report
+    # Done, it forgets its arguments after the report, as a dead greenlet does.
+    assert (task.args, task.kwargs) == ((), {})
+    assert repr(task).endswith(": fetch>")
+
+
+def test_default_report_of_a_failed_spawn_task_prints_its_call(hub_errors: HubErrors) -> None:
+    hub = gevent.get_hub()
+    stream = io.StringIO()
+    del hub.handle_error  # gevent's own handle_error, printing to exception_stream
+    hub.exception_stream = stream
+    try:
+        ggopool.spawn(fetch, "/bad", retries=3)
+        gevent.idle()
+    finally:
+        del hub.exception_stream
+        hub.handle_error = hub_errors.handle_error  # type: ignore[method-assign,assignment]
+    assert "fetch('/bad', retries=3)> failed with ValueError" in stream.getvalue()

@@ -3,7 +3,10 @@ running, or was cancelled, and `Pool.stats` counts it so, after every step.
 
 The machine adds tasks (go, ctx_go, submit, try_go; from the hub when ``max_pending`` is
 set, where a full queue raises instead of waiting), changes the cap, opens gates that
-tasks wait on, kills and cancels tasks, kills, closes and joins the pool. It also attacks
+tasks wait on, kills and cancels tasks, kills, closes and joins the pool. Some tasks
+swallow a kill (gevent's clean-up idiom) and some survive one, so that only a second kill
+ends them; some fail into a panic handler that yields across steps, so that the
+invariants are checked while it runs. It also attacks
 it: tasks that fail with a deep traceback or with an exception whose repr raises, callables
 whose repr raises, ``go()`` of another task's bound methods, exceptions of several types
 thrown into workers that are parked, just woken, running a task or inside the panic
@@ -46,7 +49,8 @@ from tests.faulty import BrokenRepr, BrokenReprError, recurse
 
 request_id: contextvars.ContextVar[int] = contextvars.ContextVar("model_request_id", default=-1)
 
-KINDS = ("return", "raise", "yield", "gate", "raise_broken_repr")
+#: "swallow": waits on its gate, and returns if killed (gevent's clean-up idiom).
+KINDS = ("return", "raise", "yield", "gate", "raise_broken_repr", "swallow")
 #: Exceptions thrown into workers: gevent.kill's default, any error, a stray Timeout.
 THROWN: dict[str, Callable[[], BaseException]] = {
     "GreenletExit": GreenletExit,
@@ -86,6 +90,7 @@ class Rec:
     seen_ctx: list[int] = field(default_factory=list)
     exc: BaseException | None = None  # what it raised (raised)
     hold: Event | None = None  # the panic handler waits on it (raise_hold)
+    shots: int = 0  # kills it survived (undead)
     target: Rec | None = None  # whose handle it calls a method of (method)
 
     def __repr__(self) -> str:
@@ -138,7 +143,9 @@ class PoolModel(RuleBasedStateMachine):
         self.reported: list[BaseException] = []
         self.hub = gevent.get_hub()
         self.hub_raises = False  # the hub's handle_error records, then raises
-        self.in_handler: Rec | None = None
+        # Failed tasks whose panic handler is waiting on their hold (it yields).
+        self.in_handler: set[Rec] = set()
+        self.last_stats: ggopool.PoolStats | None = None
         self.raised_by: dict[int, Rec] = {}  # id(exception) -> the task that raised it
 
     # -- the task body -----------------------------------------------------------------
@@ -162,6 +169,21 @@ class PoolModel(RuleBasedStateMachine):
                 gevent.sleep(0)
             elif rec.kind == "gate":
                 rec.gate.wait()
+            elif rec.kind == "swallow":
+                try:
+                    rec.gate.wait()
+                except GreenletExit:
+                    rec.state = "returned"  # cleaned up, and returns its value
+                    return rec.ident
+            elif rec.kind == "undead":
+                # Survives its first kill; each kill is a new one, so the second ends it.
+                while not rec.gate.ready():
+                    try:
+                        rec.gate.wait()
+                    except BaseException:
+                        rec.shots += 1
+                        if rec.shots > 1:
+                            raise
         except GreenletExit:
             rec.state = "killed"
             raise
@@ -197,11 +219,11 @@ class PoolModel(RuleBasedStateMachine):
         self.handler_seen.append(exc)
         rec = self.raised_by[id(exc)]  # (a task added from the hub may not be in recs yet)
         if rec.hold is not None and not rec.hold.is_set():
-            self.in_handler = rec
+            self.in_handler.add(rec)
             try:
                 rec.hold.wait()
             finally:
-                self.in_handler = None
+                self.in_handler.discard(rec)
 
     def handle_error(self, context: Any, type_: Any, value: Any, tb: Any) -> None:
         """The hub's handle_error while the machine runs: the conftest's recorder, and then
@@ -382,9 +404,13 @@ class PoolModel(RuleBasedStateMachine):
 
     # -- changing the pool ----------------------------------------------------------------
 
+    def busy(self) -> set[int]:
+        """The tasks whose worker is awake: running, or failed and in a held panic handler."""
+        return {r.ident for r in self.by_state("running")} | {r.ident for r in self.in_handler}
+
     @rule(cap=st.integers(1, 4))
     def set_cap(self, cap: int) -> None:
-        self.allowed_over_cap = {r.ident for r in self.by_state("running")}
+        self.allowed_over_cap = self.busy()
         self.p.set_cap(cap)
         assert self.p.cap == cap
 
@@ -400,10 +426,14 @@ class PoolModel(RuleBasedStateMachine):
         opened, self.gates[gate] = self.gates[gate], Event()
         opened.set()
 
-    @precondition(lambda self: any(r.handle is not None for r in self.by_state("running")))
+    def killable(self) -> list[Rec]:
+        """Running tasks with a handle that end at their first kill."""
+        return [r for r in self.by_state("running") if r.handle and r.kind != "undead"]
+
+    @precondition(lambda self: bool(self.killable()))
     @rule(data=st.data(), racing_pool_kill=st.booleans())
     def kill_running_task(self, data: st.DataObject, racing_pool_kill: bool) -> None:
-        rec = data.draw(st.sampled_from([r for r in self.by_state("running") if r.handle]))
+        rec = data.draw(st.sampled_from(self.killable()))
         assert rec.handle is not None
         assert rec.handle.cancel() is False
         if racing_pool_kill:
@@ -413,8 +443,56 @@ class PoolModel(RuleBasedStateMachine):
         else:
             with gevent.Timeout(HANG, AssertionError("Task.kill() hung")):
                 rec.handle.kill()
-        assert rec.state == "killed"
-        assert isinstance(rec.handle.value, GreenletExit)
+        if rec.kind == "swallow":
+            assert rec.state == "returned"  # it caught the kill, cleaned up and returned
+            assert rec.handle.get(block=False) == rec.ident
+        else:
+            assert rec.state == "killed"
+            assert isinstance(rec.handle.value, GreenletExit)
+
+    @precondition(lambda self: not self.closed)
+    @rule(gate=st.integers(0, GATES - 1))
+    def submit_undead(self, gate: int) -> None:
+        # A task that survives a kill (gevent's Undead): only a second kill, or its gate, ends it.
+        self._add("submit", "undead", gate)
+
+    @precondition(lambda self: any(r.kind == "undead" for r in self.by_state("running")))
+    @rule(data=st.data(), second=st.sampled_from(["GreenletExit", "ValueError"]))
+    def kill_undead_twice(self, data: st.DataObject, second: str) -> None:
+        undead = [r for r in self.by_state("running") if r.kind == "undead"]
+        rec = data.draw(st.sampled_from(undead))
+        assert rec.handle is not None
+        if rec.shots == 0:
+            rec.handle.kill(block=False)
+            gevent.idle()
+            assert rec.shots == 1
+            assert rec.state == "running"  # it survived
+        exc = THROWN[second]()
+        with gevent.Timeout(HANG, AssertionError("the second Task.kill() hung")):
+            rec.handle.kill(exc)  # a new kill, with its own exception, which ends it
+        assert rec.shots == 2
+        if second == "GreenletExit":
+            assert rec.state == "killed"
+        else:
+            assert rec.state == "raised"
+            assert rec.exc is exc
+
+    @precondition(lambda self: self.use_handler and not self.closed)
+    @rule(via=st.sampled_from(["go", "ctx_go", "try_go"]))
+    def fail_with_a_handler_that_yields(self, via: str) -> None:
+        # The handler logs over the network: it waits, across the next steps, until
+        # release_handlers (or a kill) lets it go; the invariants are checked meanwhile.
+        self._add(via, "raise_hold", 0)
+
+    @precondition(lambda self: bool(self.in_handler))
+    @rule()
+    def release_handlers(self) -> None:
+        released = set(self.in_handler)
+        for rec in released:
+            assert rec.hold is not None
+            rec.hold.set()
+        gevent.idle()
+        assert not released & self.in_handler  # (a queued one may be in its handler now)
 
     @rule()
     def open_all_gates(self) -> None:
@@ -448,6 +526,19 @@ class PoolModel(RuleBasedStateMachine):
         self.allowed_over_cap = set()
 
     def _kill_pool(self) -> None:
+        undead = [r for r in self.by_state("running") if r.kind == "undead"]
+        if undead:
+            # Its pool's kill is one kill: the task survives it, and a second Pool.kill
+            # would not hit it again (gevent's Group.kill); a Task.kill is a new kill.
+            self.p.kill(block=False)
+            gevent.idle()
+            for rec in undead:
+                if rec.state == "running":
+                    assert rec.shots == 1
+                    assert rec.handle is not None
+                    with gevent.Timeout(HANG, AssertionError("Task.kill() hung")):
+                        rec.handle.kill()
+                    assert rec.state == "killed"
         with gevent.Timeout(HANG, AssertionError("Pool.kill() hung")):
             assert self.p.kill(timeout=None) is True
         for rec in self.by_state("queued"):
@@ -465,6 +556,9 @@ class PoolModel(RuleBasedStateMachine):
     @rule()
     def join(self) -> None:
         self.open_all_gates()
+        for rec in self.recs:
+            if rec.hold is not None:
+                rec.hold.set()  # join() waits for the panic handlers too
         with gevent.Timeout(HANG, AssertionError("join() hung")):
             assert self.p.join() is True
         assert not self.by_state("queued", "running")
@@ -520,18 +614,21 @@ class PoolModel(RuleBasedStateMachine):
         gevent.idle()
         assert all(worker.dead for worker in victims)
 
-    @precondition(lambda self: bool(self.by_state("running")))
+    @precondition(lambda self: any(r.kind != "undead" for r in self.by_state("running")))
     @rule(data=st.data(), thrown=THROWN_NAMES)
     def throw_into_running_worker(self, data: st.DataObject, thrown: str) -> None:
-        # GreenletExit ends the task (killed) and its worker, and another takes the queue;
-        # any other exception is the task's failure, and the worker goes on.
-        rec = data.draw(st.sampled_from(self.by_state("running")))
+        # GreenletExit ends the task (killed) and its worker, and another takes the queue
+        # (a task that swallows it returns, and its worker goes on); any other exception
+        # is the task's failure, and the worker goes on.
+        rec = data.draw(
+            st.sampled_from([r for r in self.by_state("running") if r.kind != "undead"])
+        )
         assert rec.worker is not None
         exc = THROWN[thrown]()
         gevent.kill(rec.worker, exc)
         gevent.idle()
         if isinstance(exc, GreenletExit):
-            assert rec.state == "killed"
+            assert rec.state == ("returned" if rec.kind == "swallow" else "killed")
         else:
             assert rec.state == "raised"
             assert rec.exc is exc
@@ -544,7 +641,7 @@ class PoolModel(RuleBasedStateMachine):
         if rec is None:
             return
         assert rec.hold is not None
-        if self.in_handler is rec:
+        if rec in self.in_handler:
             # GreenletExit ends the worker; any other exception is the handler's failure,
             # reported through the hub, and the worker goes on.
             exc = THROWN[thrown]()
@@ -552,7 +649,7 @@ class PoolModel(RuleBasedStateMachine):
                 self.thrown_reported.append(exc)
             gevent.kill(rec.worker, exc)
             gevent.idle()
-            assert self.in_handler is None
+            assert rec not in self.in_handler
         rec.hold.set()  # if it is still queued, its handler will not wait
 
     # -- after every step ---------------------------------------------------------------
@@ -585,6 +682,12 @@ class PoolModel(RuleBasedStateMachine):
         ), s
         assert s.submitted == s.completed + s.failed + s.cancelled + s.running + s.pending
         assert s.rejected == self.rejected
+        # Every count stats() exports as a count never goes down (Prometheus counters).
+        last = self.last_stats
+        if last is not None:
+            for name in ("submitted", "completed", "failed", "cancelled", "rejected"):
+                assert getattr(s, name) >= getattr(last, name), (name, last, s)
+        self.last_stats = s
         assert pool.task_count() == n["queued"]
         assert s.workers == pool.worker_count()
         assert pool.worker_count() >= 0, s
@@ -594,11 +697,12 @@ class PoolModel(RuleBasedStateMachine):
         assert not [worker for worker in parked if worker.dead], parked
         if self.max_idle is not None:
             assert s.idle <= self.max_idle, s
-        # Every awake worker is inside a task: none was left woken and not running.
-        assert s.workers - s.idle == n["running"], s
+        # Every awake worker is inside a task, or in the panic handler of a failed one (done,
+        # not running): none was left woken and not running.
+        assert s.workers - s.idle == n["running"] + len(self.in_handler), s
         # set_cap: parked workers above the cap exit at once; running ones after their
         # current task. So only workers running a task since the cap was set are above it.
-        still_allowed = {r.ident for r in self.by_state("running")} & self.allowed_over_cap
+        still_allowed = self.busy() & self.allowed_over_cap
         assert n["running"] <= s.cap + len(still_allowed), (s, still_allowed)
         assert s.workers <= s.cap + len(still_allowed), (s, still_allowed)
         if s.workers > s.cap:
@@ -606,7 +710,8 @@ class PoolModel(RuleBasedStateMachine):
         if self.closed or pool.config.idle_timeout == 0:
             assert s.idle == 0, s  # such workers never park
         if n["queued"]:
-            assert n["running"] > 0, s  # liveness: queued tasks never wait without a worker
+            # Liveness: queued tasks never wait without a worker (one in a handler counts).
+            assert n["running"] + len(self.in_handler) > 0, s
         self.check_failures()
 
     def check_handle(self, rec: Rec, task: ggopool.Task[int]) -> None:
