@@ -107,7 +107,11 @@ def spawn_later(
 ) -> Task[T]:
     """``gevent.spawn_later``: `spawn` ``fn(*args, **kwargs)`` on the default pool in
     ``seconds`` (a finite number >= 0). Until then the task is waiting: killing or
-    cancelling it stops it from ever being queued."""
+    cancelling it stops it from ever being queued.
+
+    It is accepted work from the call on: `drain` and the drain at exit wait for it if its
+    time comes within their deadline, and log it as left otherwise. In a child forked
+    meanwhile it is cancelled at once, and runs only in the parent."""
     if type(seconds) is bool or not isinstance(seconds, (int, float)):
         raise TypeError(f"seconds must be a finite number >= 0, got {seconds!r}")
     if not math.isfinite(seconds) or seconds < 0:

@@ -13,6 +13,7 @@ from gevent import kill as gevent_kill
 from gevent import spawn_raw
 from gevent.event import Event
 from gevent.lock import DummySemaphore, Semaphore
+from gevent.monkey import get_original
 from gevent.queue import UnboundQueue
 from greenlet import GreenletExit, getcurrent
 
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+# The real ones even under monkey-patching: a thread waiting in spawn() blocks itself.
+_get_ident: Callable[[], int] = get_original("_thread", "get_ident")
+_allocate_lock: Callable[[], Any] = get_original("_thread", "allocate_lock")
 
 
 class _Membership:
@@ -178,6 +183,7 @@ class GeventPoolMixin:
         _hub: Hub
         _config: Config
         _greenlets: set[Worker]
+        _ident: int
 
         def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]: ...
         def _queue(self, task: Entry) -> None: ...
@@ -329,7 +335,9 @@ class GeventPoolMixin:
         ``spawn`` does, and return its `Task`.
 
         With ``Config(spawn_waits_when_full=True)`` it first waits while the pool is
-        `full`, as gevent's does; otherwise it never waits. A task that raises is reported
+        `full`, as gevent's does; otherwise it never waits. Called from another thread,
+        that thread waits (blocked, while the pool's hub runs on), then the task is
+        queued and ``spawn`` returns it. A task that raises is reported
         as a ``gevent.spawn`` greenlet's failure is: to the pool's panic handler if one is
         set, else through the hub, and ``get()`` raises it too.
         """
@@ -348,6 +356,8 @@ class GeventPoolMixin:
         """Queue a member task. ``report``: a failure is reported as gevent reports a
         greenlet's (spawn, apply_async); without it, only the caller who reads the
         result gets it (apply, map, imap, which raise it)."""
+        if wait and _get_ident() != self._ident:
+            return self._spawn_from_thread(fn, args, kwargs, report)
         if wait:
             self._wait_for_room(True, None)
         task: Task[T] = _Task(cast("Pool", self), fn, args, kwargs, contextvars.copy_context())
@@ -385,6 +395,35 @@ class GeventPoolMixin:
         task._spawned = True
         task._state = _UNSTARTED
         return task
+
+    def _spawn_from_thread(
+        self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], report: bool
+    ) -> Task[T]:
+        """`_spawn` with waiting, from another thread: the members belong to the pool's
+        thread, so a greenlet there waits for room and queues the task, while this thread
+        blocks on a real lock until it has (or has failed to, whose exception it raises)."""
+        task: Task[T] = _Task(cast("Pool", self), fn, args, kwargs, contextvars.copy_context())
+        task._spawned = report
+        queued = _allocate_lock()
+        queued.acquire()
+        failed: list[BaseException] = []
+        self._hub.loop.run_callback_threadsafe(
+            spawn_raw, self._queue_when_room, task, queued, failed
+        )
+        queued.acquire()  # blocks this thread only
+        if failed:
+            raise failed[0]
+        return task
+
+    def _queue_when_room(self, task: Task[Any], queued: Any, failed: list[BaseException]) -> None:
+        # In a greenlet of the pool's thread, for _spawn_from_thread.
+        try:
+            self._wait_for_room(True, None)
+            self._enqueue(task)
+        except BaseException as exc:  # noqa: BLE001 - raised in the waiting thread instead
+            failed.append(exc)
+        finally:
+            queued.release()
 
     def _enqueue(self, task: Task[Any]) -> None:
         """Queue a member task made by `_spawn` (or by ``spawn_later``, or started)."""

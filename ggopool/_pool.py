@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+import os
 import sys
 import time
 import weakref
@@ -25,7 +26,7 @@ from ggopool._gevent_pool import GeventPoolMixin
 from ggopool._instrument import Instruments, InstrumentsMixin, dropped
 from ggopool._panic import PanicHandler
 from ggopool._stats import Counts, PoolStats
-from ggopool._task import Task, as_exception, is_task_runner
+from ggopool._task import Task, as_exception, is_task_runner, waiting_later
 from ggopool._worker import (
     GONE,
     LEAVING,
@@ -35,8 +36,11 @@ from ggopool._worker import (
     STARTING,
     WAKING,
     WORK,
+    YIELDING,
     Worker,
     aim_kill,
+    at_a_later_turn,
+    loop_watch,
     work,
 )
 
@@ -55,6 +59,26 @@ NO_THREAD = -1
 
 #: Every pool alive, so a forked child can reset them (see _fork.py).
 all_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+# The process (its pid) whose exit drain has run: a task handed over from another thread
+# after it would never run, so it raises PoolClosed instead. Checked and set under the
+# lock, so that no hand-over slips in between the drain's last look and the refusal.
+_hand_overs_refused_in: int | None = None
+_hand_over_lock = get_original("_thread", "allocate_lock")()
+
+
+def refuse_hand_overs() -> None:
+    """From now on, in this process, a task handed over from another thread raises
+    `PoolClosed` (the exit drain has run: the hub will not run again)."""
+    global _hand_overs_refused_in
+    with _hand_over_lock:
+        _hand_overs_refused_in = os.getpid()
+
+
+def _new_hand_over_lock() -> None:
+    # In a forked child: another thread may have held it at the fork.
+    global _hand_over_lock
+    _hand_over_lock = get_original("_thread", "allocate_lock")()
 
 
 def _kill_worker(worker: Worker, exception: object) -> None:
@@ -114,10 +138,16 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
       (and ``ggopool.spawn_later``) from any other thread hand the call over to it
       (``loop.run_callback_threadsafe``); such a
       task is accepted when handed over, so a later ``close()`` or a full queue does not
-      refuse it, and ``join()`` and ``stats()`` count it from then on. The other methods
+      refuse it, and ``join()`` and ``stats()`` count it from then on. ``spawn`` on a pool
+      that waits when full blocks the calling thread until there is room. After the drain
+      at interpreter exit has run, a hand-over raises `PoolClosed`. The other methods
       belong to the pool's thread.
     * Fork: in a forked child every pool starts empty, with no workers, and works; what
-      was queued stays with the parent (see docs/deploying.md, "fork").
+      was queued (or waits in ``spawn_later``) stays with the parent (see
+      docs/deploying.md, "fork").
+    * A long backlog of tasks that never yield does not hold up the event loop: between
+      two tasks a worker lets the loop run its timers and I/O once gevent's switch
+      interval has passed since it last did, as gevent's loop does between greenlets.
     """
 
     def __init__(self, name: str, cap: int, config: Config | None = None) -> None:
@@ -147,6 +177,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         self._hub = get_hub()
         self._reset()
         all_pools.add(self)
+        waiting_later[self] = {}
 
     def _reset(self) -> None:
         """The state of a new pool; also what a forked child starts from."""
@@ -155,8 +186,8 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         # Live workers, running or parked (gopool's worker count); the free list of parked
         # workers; and how many are awake (woken or to be started) but not yet in their
         # loop. Workers that are awake: _workers - len(_parked). Workers inside a task:
-        # those minus _starting, because a worker in its loop yields only inside a task
-        # (see _running). Each worker's state says which of these count it (_worker.py).
+        # those minus _starting, because a worker in its loop yields only inside a task or
+        # as YIELDING (see _running). Each worker's state says which count it (_worker.py).
         self._workers = 0
         # Insertion-ordered: a wake-up takes the most recently parked (popitem), so the
         # longest parked expire first when fewer are needed; any one leaves in O(1).
@@ -203,14 +234,19 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
             fn = dropped(fn)  # an instrument's entry: they hear of it
             if is_task_runner(fn, self):
                 fn.__self__._left_in_parent()
+        for task in list(waiting_later[self]):
+            task._left_in_parent()  # spawn_later's: its timer was the parent's
         self._tasks.clear()
         parked = list(self._parked)
         closed = self._closed
         self._reset()
         if closed:
             self.close()
+        loop = self._hub.loop
+        if loop is None:
+            return  # its hub was destroyed: its parked workers went with it
         for worker in parked:
-            self._hub.loop.run_callback(worker.switch, RETIRE)
+            loop.run_callback(worker.switch, RETIRE)
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""
@@ -392,7 +428,13 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
             self._refuse_closed()
         # deque.append is atomic, so threads may add to the inbox at once; until the hub
         # takes a task from it, join() and stats() count it as pending.
-        self._inbox.append(task)
+        with _hand_over_lock:
+            if _hand_overs_refused_in == os.getpid():
+                raise PoolClosed(
+                    f"pool {self._name!r} accepts no tasks from other threads: the "
+                    "interpreter is exiting and its exit drain has run"
+                )
+            self._inbox.append(task)
         self._hub.loop.run_callback_threadsafe(self._accept_handed_over)
 
     def _accept_handed_over(self) -> None:
@@ -632,7 +674,8 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
 
         Seen from any greenlet but a worker's own, a worker that is awake and back in its
         loop is inside a task, or reporting the failure of its last one (which is done),
-        because between two tasks it never yields.
+        because between two tasks it yields only to let the loop run, and is counted in
+        ``_starting`` while it does (``YIELDING``).
         """
         return self._workers - len(self._parked) - self._starting - self._counts.reporting
 
@@ -714,6 +757,9 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         """
         if generation != self._generation:
             return  # scheduled before a fork; the child's pool starts its own
+        if self._hub.loop.iteration == loop_watch(self._hub).overdue and self._tasks:
+            at_a_later_turn(self._hub, self, self._start_workers, generation)  # _worker.py
+            return
         self._starter_scheduled = False
         if not self._to_start:
             return  # set_cap took the starts back
@@ -750,7 +796,8 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
 
     def _retire_idle(self, n: int) -> None:
         """Make up to ``n`` workers that are not inside a task leave now, uncounted at once:
-        parked ones (longest parked first), then starts not made yet, then woken ones."""
+        parked ones (longest parked first), then starts not made yet, then woken ones and
+        those waiting for a turn of the loop."""
         n -= self._retire_parked(n)
         cancelled = min(n, self._to_start)
         if cancelled:
@@ -760,8 +807,8 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
             n -= cancelled
         if n > 0:
             for worker in list(self._greenlets):
-                if worker.state is WAKING:
-                    worker.state = GONE  # its WORK switch finds it gone: it leaves
+                if worker.state is WAKING or worker.state is YIELDING:
+                    worker.state = GONE  # its WORK or RESUME switch finds it gone: it leaves
                     self._workers -= 1
                     self._starting -= 1
                     n -= 1
@@ -792,7 +839,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
             self._workers -= 1
             if state is PARKED:
                 del self._parked[worker]
-            elif state is STARTING or state is WAKING:
+            elif state is STARTING or state is WAKING or state is YIELDING:
                 self._starting -= 1
         self._greenlets.discard(worker)
         if self._tasks and self._should_add_worker():

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from gevent import kill
 from gevent.hub import Hub
@@ -22,7 +23,11 @@ from greenlet import getcurrent
 from greenlet import greenlet as Greenlet
 
 from ggopool._config import check_timeout
-from ggopool._pool import Pool, _get_ident, all_pools
+from ggopool._pool import Pool, _get_ident, all_pools, refuse_hand_overs
+from ggopool._task import waiting_later
+
+if TYPE_CHECKING:
+    from ggopool._task import Task
 
 # concurrent.futures.thread is imported above, at import, not when a task first reaches
 # gevent's threadpool (DNS through gevent's default resolver, say): importing
@@ -148,6 +153,17 @@ def _busy() -> list[Pool]:
     return [pool for pool in _pools_of_this_thread() if not pool._is_quiet()]
 
 
+def _waiting_later(pools: list[Pool], before: float) -> list[Task[Any]]:
+    """The ``spawn_later`` tasks of ``pools`` whose time comes by ``before`` (monotonic),
+    the soonest first."""
+    due = [(when, task) for pool in pools for task, when in list(waiting_later[pool].items())]
+    return [task for when, task in sorted(due, key=_first) if when <= before]
+
+
+def _first(pair: tuple[float, object]) -> float:
+    return pair[0]
+
+
 def _drain(timeout: float | None, left: str, hint: str) -> bool:
     """Wait until every pool of this thread is quiet at once, or ``timeout`` passed;
     ``left`` says what unfinished tasks are in the report, ``hint`` ends the note."""
@@ -160,33 +176,47 @@ def _drain(timeout: float | None, left: str, hint: str) -> bool:
         while True:
             # Nothing yields between the pools' checks: they are quiet at the same moment.
             busy = _busy()
-            if not busy:
+            # spawn_later's tasks are accepted work too: waited for if their time comes
+            # within the deadline, and reported as left otherwise.
+            due = _waiting_later(_pools_of_this_thread(), deadline)
+            if not busy and not due:
+                later = _waiting_later(_pools_of_this_thread(), math.inf)
+                if later:
+                    _report_later(later, left, f"due after the {timeout:.1f} s deadline")
+                    return False
                 return True
             now = time.monotonic()
             if now >= deadline:
                 _report(busy, left, f"after the {timeout:.1f} s deadline")
+                later = _waiting_later(_pools_of_this_thread(), math.inf)
+                _report_later(later, left, f"after the {timeout:.1f} s deadline")
                 return False
             wait = deadline - now
             if not noted:
                 until_note = started + NOTE_AFTER - now
                 if until_note <= 0:
                     noted = True
-                    _note(busy, deadline - now, hint)
+                    _note(busy, deadline - now, hint, due)
                 else:
                     wait = min(wait, until_note)
-            busy[0].join(wait)
+            if busy:
+                busy[0].join(wait)
+            else:
+                due[0].join(wait)  # the soonest: done once its time came and it ran
     except BaseException as exc:
         elapsed = time.monotonic() - started
         why = f"when the drain was interrupted by {type(exc).__name__} after {elapsed:.1f} s"
         _report(_busy(), left, why)
+        _report_later(_waiting_later(_pools_of_this_thread(), math.inf), left, why)
         raise
     finally:
         _drainer = previous
 
 
-def _note(busy: list[Pool], remaining: float, hint: str) -> None:
+def _note(busy: list[Pool], remaining: float, hint: str, due: list[Task[Any]]) -> None:
     try:
-        tasks = 0
+        tasks = len(due)
+        busy = busy + [pool for pool in {task._pool: None for task in due} if pool not in busy]
         for pool in busy:
             stats = pool.stats()
             tasks += stats.pending + stats.running
@@ -218,6 +248,17 @@ def _report(busy: list[Pool], left: str, why: str) -> None:
             )
         except Exception:  # noqa: BLE001 - a report must never raise
             pass
+
+
+def _report_later(tasks: list[Task[Any]], left: str, why: str) -> None:
+    """One line per pool for its ``spawn_later`` tasks that did not run (only str and int
+    are formatted: it cannot raise)."""
+    counts: dict[str, int] = {}
+    for task in tasks:
+        name = task._pool.name
+        counts[name] = counts.get(name, 0) + 1
+    for name, n in sorted(counts.items()):
+        log.warning("ggopool: pool %r: %d spawn_later tasks %s, %s", name, n, left, why)
 
 
 def interrupt_drain() -> bool:
@@ -254,11 +295,25 @@ def exit_drain(limit: float | None = None, budget: float | None = None) -> None:
         current = getcurrent()
         if isinstance(current, Hub) or any(current in pool._greenlets for pool in _busy()):
             deadline = 0.0  # it cannot wait from here: report at once
-        _drain(
-            None if math.isinf(deadline) else deadline,
-            "abandoned at exit",
-            "; Ctrl-C to abandon them",
-        )
+        started = time.monotonic()
+        try:
+            _drain(
+                None if math.isinf(deadline) else deadline,
+                "abandoned at exit",
+                "; Ctrl-C to abandon them",
+            )
+        finally:
+            # The interpreter joins the other threads after this: their go() from now on
+            # raises PoolClosed. What they handed over before is drained too, within what
+            # is left of the deadline, or reported.
+            refuse_hand_overs()
+        if any(pool._in_flight() for pool in _pools_of_this_thread()):
+            left = math.inf if math.isinf(deadline) else deadline - (time.monotonic() - started)
+            _drain(
+                None if math.isinf(left) else max(0.0, left),
+                "abandoned at exit",
+                "; Ctrl-C to abandon them",
+            )
     except BaseException:  # noqa: BLE001 - reported by _drain; the exit goes on
         pass
 

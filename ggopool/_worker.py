@@ -9,19 +9,38 @@ A worker's place in its pool's counts is its ``state``, and the counts follow th
 * ``PARKED``: counted in ``_workers`` and on the free list ``_parked``;
 * ``WAKING``: counted in ``_workers`` and ``_starting``, off the free list, a ``WORK``
   switch on its way;
+* ``YIELDING``: counted in ``_workers`` and ``_starting``: between two tasks, letting the
+  event loop run its timers and I/O (see `_let_the_loop_run`);
 * ``GONE``: uncounted.
 
 Whoever changes a worker's state changes the counts with it, in the same step (the pool's
 methods, or the worker itself). However a worker ends — it returns, it is killed, any
 exception is thrown into it at any point — its ``finally`` hands it to
 `Pool._worker_left`, which uncounts it by its state exactly once. No case per exception.
+
+A worker runs queued tasks one after the other without going back to the hub, so a backlog
+of tasks that never yield would hold up every timer and socket until it is done. Every
+`CHECK_EVERY` tasks, while tasks are still queued, the worker looks at the loop: if it has
+not polled for I/O for gevent's switch interval (``gevent.getswitchinterval()``, 5 ms), the
+worker waits for one turn of the loop before it takes the next task, as gevent's own loop
+breaks out of a long run of callbacks after the same interval. Until the loop has polled,
+every other worker of the pool that is woken waits too, before its first task (each is
+woken by a callback of the same run, which the loop would not leave), and no new worker is
+started. The waiting workers (and the start) are resumed one each turn of the loop: the
+first may run tasks until the loop is overdue again, and the others, resumed in the same
+turn, would then run theirs one after the other before the loop could poll.
 """
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+from collections import deque
 from collections.abc import Callable
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from gevent import getswitchinterval
 from greenlet import GreenletExit
 from greenlet import greenlet as RawGreenlet
 
@@ -29,6 +48,8 @@ from ggopool._locals import clear_locals
 from ggopool._panic import report_failure, report_worker_failure
 
 if TYPE_CHECKING:
+    from gevent.hub import Hub
+
     from ggopool._pool import Pool
 
 #: A worker's states (see the module docstring).
@@ -40,9 +61,21 @@ STARTING, RUNNING, LEAVING, PARKED, WAKING, GONE = (
     "waking",
     "gone",
 )
+YIELDING = "yielding"
 
 #: What a parked worker is switched back with: a task for it, or leave (already uncounted).
 WORK, RETIRE, EXPIRE = "work", "retire", "expire"
+
+#: What a yielding worker is switched back with, once the loop has run.
+RESUME = "resume"
+
+#: How many tasks a worker runs between two looks at the loop. A look costs a clock read;
+#: once per task it would cost more than the 2% of a no-op task this check may take.
+CHECK_EVERY = 16
+
+#: Lower than any watcher's default priority: the loop runs its due timers and ready I/O
+#: before it gives a yielding worker its turn back.
+_AFTER_THE_OTHERS = -1
 
 
 class Worker(RawGreenlet):
@@ -93,33 +126,53 @@ def _run(pool: Pool, me: Worker, generation: int) -> None:
     take = popleft if slots is None else _giving_back_a_slot(slots.release, popleft)
     counts = pool._counts
     local_state = me.__dict__  # empty unless a task left greenlet-local state (_locals.py)
+    loop = pool._hub.loop
+    watch = loop_watch(pool._hub)
+    # CHECK_EVERY tasks in a row, then a look at the loop: a for over a range costs no
+    # more per task than the while's own check (a countdown cost 3% of a no-op task).
+    in_a_row = range(CHECK_EVERY)
     while True:
         # Runs until the queue is empty, then parks on the pool's free list.
+        if (
+            loop.iteration == watch.overdue
+            and tasks
+            and not _let_the_loop_run(pool, me, generation, watch)
+        ):
+            return  # woken while the loop was overdue, and the cap was lowered meanwhile
         while tasks:
-            # The four slots of one task (see _entry.py).
-            ctx = take()
-            fn = popleft()
-            args = popleft()
-            kwargs = popleft()
-            try:
-                ctx.run(fn, *args, **kwargs)
-            except GreenletExit:
-                raise
-            except BaseException as exc:  # noqa: BLE001 - no task may end its worker
-                counts.failed += 1
-                counts.reporting += 1  # done: no longer running while its report runs
+            for _ in in_a_row:
+                # The four slots of one task (see _entry.py).
+                ctx = take()
+                fn = popleft()
+                args = popleft()
+                kwargs = popleft()
                 try:
-                    report_failure(pool, ctx, fn, args, kwargs, exc)
-                finally:
-                    counts.reporting -= 1
-            if local_state:
-                if me.state is LEAVING:
-                    return  # a Pool.kill was aimed at this task, which has ended
-                clear_locals(me)  # the next task starts with none, as in a new greenlet
-            if pool._workers > pool._cap and pool._generation == generation:
-                return  # the cap was lowered while this task ran: leave now that it is done
+                    ctx.run(fn, *args, **kwargs)
+                except GreenletExit:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - no task may end its worker
+                    counts.failed += 1
+                    counts.reporting += 1  # done: no longer running while its report runs
+                    try:
+                        report_failure(pool, ctx, fn, args, kwargs, exc)
+                    finally:
+                        counts.reporting -= 1
+                if local_state:
+                    if me.state is LEAVING:
+                        return  # a Pool.kill was aimed at this task, which has ended
+                    clear_locals(me)  # the next task starts with none, as in a new greenlet
+                if pool._workers > pool._cap and pool._generation == generation:
+                    return  # the cap was lowered while this task ran: leave now it is done
+                if not tasks:
+                    break
+            else:
+                # CHECK_EVERY tasks in a row, and more queued.
+                if not _look_at_the_loop(pool, me, generation, loop, watch):
+                    return  # it waited for the loop, and the cap was lowered meanwhile
         # Don't keep the last task's callable, arguments and context alive while parked.
         ctx = fn = args = kwargs = None
+        if watch.turns:
+            _no_more_turns(pool, watch)
         if not _park(pool, me, generation):
             return
 
@@ -140,6 +193,122 @@ def aim_kill(worker: Worker) -> None:
 
 #: The mark `aim_kill` leaves in a worker's ``__dict__``.
 _LEAVING_MARK = "ggopool_leaving"
+
+
+class LoopWatch:
+    """What the workers on one hub last saw of its loop, and what waits for its next turn
+    (one per hub: every pool on it lets the same loop run)."""
+
+    __slots__ = ("overdue", "seen", "since", "timer", "turns")
+
+    def __init__(self) -> None:
+        self.seen = -1  # the loop's iteration count at the last look
+        self.since = 0.0  # when (time.monotonic) a look first saw that count
+        self.overdue = -1  # the iteration a worker found overdue
+        # The calls waiting for a later turn (`at_a_later_turn`), and the timer that
+        # makes the next one when that turn comes.
+        self.turns: deque[tuple[Pool, Callable[[Any], object], Any]] = deque()
+        self.timer: Any = None
+
+
+_watches: weakref.WeakKeyDictionary[Hub, LoopWatch] = weakref.WeakKeyDictionary()
+
+
+def loop_watch(hub: Hub) -> LoopWatch:
+    """The `LoopWatch` of ``hub``'s loop."""
+    watch = _watches.get(hub)
+    if watch is None:
+        watch = _watches[hub] = LoopWatch()
+    return watch
+
+
+def _look_at_the_loop(pool: Pool, me: Worker, generation: int, loop: Any, watch: LoopWatch) -> bool:
+    """Between two tasks, with more queued: if the loop has not polled for I/O for the
+    switch interval, wait for it to (see the module docstring). False if the worker must
+    leave now (see `_let_the_loop_run`)."""
+    iteration = loop.iteration
+    if iteration != watch.seen:
+        watch.seen = iteration  # it polled since the last look: count from now
+        watch.since = monotonic()
+    elif monotonic() - watch.since >= getswitchinterval():
+        watch.overdue = iteration
+        return _let_the_loop_run(pool, me, generation, watch)
+    return True
+
+
+def _let_the_loop_run(pool: Pool, me: Worker, generation: int, watch: LoopWatch) -> bool:
+    """Wait for a later turn of the loop: its due timers, ready I/O and queued callbacks
+    run first. The worker is not inside a task meanwhile: `Pool._running` does not count
+    it. False if the worker must leave now (the cap was lowered meanwhile)."""
+    hub = pool._hub
+    me.state = YIELDING
+    pool._starting += 1
+    turn: tuple[Pool, Callable[[Any], object], object] | None = (pool, me.switch, RESUME)
+    try:
+        at_a_later_turn(hub, pool, me.switch, RESUME)
+        while hub.switch() is not RESUME:
+            pass  # a switch nobody in the pool sent (see _park): keep waiting
+        turn = None
+    finally:
+        if turn is not None:
+            with contextlib.suppress(ValueError):
+                watch.turns.remove(turn)  # ended while it waited: it will not be resumed
+        if me.state is YIELDING and pool._generation == generation:
+            # After an exception work() uncounts this worker by its state: RUNNING. After
+            # a fork the child's pool is not ours to touch.
+            me.state = RUNNING
+            pool._starting -= 1
+    if me.state is GONE:
+        return False  # retired while it waited (set_cap): already uncounted
+    iteration = hub.loop.iteration
+    if iteration != watch.seen:
+        watch.seen = iteration  # the loop has just polled: count from now
+        watch.since = monotonic()
+    return pool._workers <= pool._cap or pool._generation != generation
+
+
+def at_a_later_turn(hub: Hub, pool: Pool, fn: Callable[[Any], object], arg: object) -> None:
+    """Call ``fn(arg)`` (for ``pool``) at a later turn of ``hub``'s loop, after its timers
+    and I/O; one such call each turn, in the order they were asked for, or all of a pool's
+    at once when its queue runs empty (`_no_more_turns`).
+
+    One each turn: a worker resumed in a turn may run tasks until the loop is overdue
+    again, and the others would then run theirs in the same turn, one after the other.
+    """
+    watch = loop_watch(hub)
+    watch.turns.append((pool, fn, arg))
+    if watch.timer is None:
+        watch.timer = hub.loop.timer(0.0, priority=_AFTER_THE_OTHERS)
+        watch.timer.start(_next_turn, watch)
+
+
+def _no_more_turns(pool: Pool, watch: LoopWatch) -> None:
+    """``pool``'s queue is empty: what of it waits for a turn (workers, a start) has no
+    task to take, so it need not wait; it runs soon, in this run of callbacks, and parks,
+    leaves or finds the queue empty."""
+    mine = [turn for turn in watch.turns if turn[0] is pool]
+    if not mine:
+        return
+    watch.turns = deque(turn for turn in watch.turns if turn[0] is not pool)
+    run_callback = pool._hub.loop.run_callback
+    for _, fn, arg in mine:
+        run_callback(fn, arg)
+
+
+def _next_turn(watch: LoopWatch) -> None:
+    """The loop's turn has come: call the first of `at_a_later_turn`'s calls (a timer
+    callback in the hub)."""
+    turns = watch.turns
+    timer = watch.timer
+    if not turns or timer is None:
+        watch.timer = None
+        return
+    _, fn, arg = turns.popleft()
+    if turns:
+        timer.start(_next_turn, watch)  # due at the next turn, not this one
+    else:
+        watch.timer = None
+    fn(arg)
 
 
 def _giving_back_a_slot(

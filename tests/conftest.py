@@ -10,6 +10,7 @@ import gevent
 import pytest
 
 import ggopool
+from ggopool import _pool, _shutdown
 
 TEST_TIMEOUT = 60.0
 
@@ -64,3 +65,13 @@ def fresh_default_pool() -> Iterator[None]:
     yield
     pool.set_cap(cap)
     pool.set_panic_handler(None)
+
+
+@pytest.fixture(autouse=True)
+def exit_drain_as_shipped() -> Iterator[None]:
+    """A test that runs the exit drain in this process leaves it as it was: not run, with
+    its deadline, and other threads' hand-overs accepted (the drain refuses them after)."""
+    deadline, drained = _shutdown._exit_deadline, _shutdown._exit_drained_pid
+    yield
+    _shutdown._exit_deadline, _shutdown._exit_drained_pid = deadline, drained
+    _pool._hand_overs_refused_in = None

@@ -116,7 +116,7 @@ def test_a_burst_that_never_yields_counts_gopools_workers_but_makes_one_greenlet
         # gopool's count: threshold 1, unlimited cap, so every go() counted one more worker
         # (or woke a parked one).
         assert ggopool.worker_count() == max(n, parked_before)
-        gevent.idle()
+        assert pool.join(10)  # the worker lets the loop run now and then: not one idle
 
     switched = workers_switched_to(burst)
     assert len(done) == n

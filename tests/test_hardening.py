@@ -627,6 +627,9 @@ FORK_QUEUED_TASK = """
     pool.go(gate.wait)
     gevent.idle()
     queued = pool.submit(lambda: "parent")
+    # The child watcher's SIGCHLD handler, installed before the child can exit: a
+    # child that exits first is otherwise never seen, and waitpid waits for ever.
+    gevent.get_hub().loop.install_sigchld()
     pid = os.fork()
     if pid == 0:
         seen = [queued.cancelled(), queued.ready()]
@@ -662,6 +665,7 @@ FORK_CLOSED_POOL = """
     monkey.patch_all()
 
     import os
+    import gevent
     import ggopool
 
 
@@ -671,6 +675,9 @@ FORK_CLOSED_POOL = """
 
     pool = ggopool.new_pool("fork", 2)
     pool.close()
+    # The child watcher's SIGCHLD handler, installed before the child can exit: a
+    # child that exits first is otherwise never seen, and waitpid waits for ever.
+    gevent.get_hub().loop.install_sigchld()
     pid = os.fork()
     if pid == 0:
         try:

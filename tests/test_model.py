@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import os
+import threading
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +46,7 @@ from hypothesis.stateful import (
 
 import ggopool
 from ggopool import Config, PoolClosed, PoolFull
+from ggopool._task import waiting_later
 from tests.conftest import HubErrors
 from tests.faulty import BrokenRepr, BrokenReprError, recurse
 
@@ -782,3 +785,135 @@ def test_pool_whose_workers_never_park_matches_its_model(hub_errors: HubErrors) 
 def test_bounded_pool_matches_its_model(hub_errors: HubErrors) -> None:
     # Tasks are added from the hub, where a full queue raises PoolFull instead of waiting.
     run_model(hub_errors, (None, 0), st.integers(1, 4))
+
+
+# -- spawn_later, drains, forks and other threads' hand-overs ---------------------------------
+
+#: Delays of spawn_later: due at once, soon, or long after any drain's deadline here.
+LATER_DELAYS = (0.0, 0.001, 0.01, 60.0)
+LATER_SETTINGS = settings(
+    derandomize=True,
+    database=None,
+    max_examples=60,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+class LaterModel(RuleBasedStateMachine):
+    """``ggopool.spawn_later`` tasks and tasks handed over by real threads, against a model:
+    each runs once (in this process; never in a forked child), a cancelled one never, and
+    the drain returns True only once every one due within its deadline has run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = ggopool.new_pool("later-model", 2)
+        self.ran: list[int] = []
+        self.later: dict[int, tuple[ggopool.Task[None], float]] = {}  # id: (handle, delay)
+        self.cancelled: set[int] = set()
+        self.handed: set[int] = set()  # ids handed over by other threads
+        self.next_id = 0
+
+    def new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+    def waiting(self) -> list[int]:
+        return [i for i, (task, _) in self.later.items() if not task.ready()]
+
+    @rule(delay=st.sampled_from(LATER_DELAYS))
+    def spawn_later(self, delay: float) -> None:
+        i = self.new_id()
+        self.later[i] = (ggopool.spawn_later(delay, self.ran.append, i), delay)
+
+    @precondition(lambda self: bool(self.waiting()))
+    @rule(data=st.data())
+    def cancel_waiting(self, data: st.DataObject) -> None:
+        i = data.draw(st.sampled_from(self.waiting()))
+        task = self.later[i][0]
+        assert task.cancel()
+        self.cancelled.add(i)
+
+    @rule(n=st.integers(1, 3))
+    def go_from_a_thread(self, n: int) -> None:
+        ids = [self.new_id() for _ in range(n)]
+
+        def other_thread() -> None:
+            for i in ids:
+                self.pool.go(self.ran.append, i)
+
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join(10)  # a real join: the hub does not run meanwhile
+        assert not t.is_alive()
+        self.handed.update(ids)
+
+    @rule()
+    def let_the_loop_run(self) -> None:
+        gevent.sleep(0.002)
+
+    @precondition(lambda self: all(self.later[i][1] < 1 for i in self.waiting()))
+    @rule()
+    def drain_without_a_deadline(self) -> None:
+        assert ggopool.drain(30)
+        self.check_everything_due_ran()
+
+    @rule()
+    def drain_with_a_deadline(self) -> None:
+        late = [i for i in self.waiting() if self.later[i][1] > 1]
+        assert ggopool.drain(1.0) is not bool(late)  # False at once when only late ones are left
+        self.check_everything_due_ran()
+        assert sorted(self.waiting()) == sorted(late)
+
+    def check_everything_due_ran(self) -> None:
+        for i, (task, delay) in self.later.items():
+            if i not in self.cancelled and delay < 1:
+                assert task.successful(), task
+                assert i in self.ran
+        assert self.handed <= set(self.ran)
+
+    @rule()
+    def fork(self) -> None:
+        waiting = self.waiting()
+        gevent.get_hub().loop.install_sigchld()  # see tests/test_threads_fork.py
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                # The parent's waiting tasks are cancelled here, and nothing of the parent's
+                # runs in the child, whatever the drain waits for.
+                ran_before = list(self.ran)
+                seen = [all(self.later[i][0].cancelled() for i in waiting)]
+                seen.append(not waiting_later[ggopool.default_pool()])
+                seen.append(ggopool.drain(5))
+                seen.append(self.ran == ran_before)
+                code = 0 if all(seen) else 3
+                if code:
+                    os.write(2, f"child: {seen}\n".encode())
+            except BaseException as exc:  # noqa: BLE001 - the child says why it failed
+                os.write(2, f"child: {exc!r}\n".encode())
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert status == 0
+
+    @invariant()
+    def each_task_ran_at_most_once_and_no_cancelled_one(self) -> None:
+        gevent.idle()
+        assert len(self.ran) == len(set(self.ran))
+        assert not self.cancelled & set(self.ran)
+        waiting = {self.later[i][0] for i in self.waiting()}
+        # Waiting for their time: exactly those the drain counts (a fired one is queued).
+        assert set(waiting_later[ggopool.default_pool()]) <= waiting
+        s = self.pool.stats()
+        assert s.submitted == s.completed + s.failed + s.cancelled + s.running + s.pending
+
+    def teardown(self) -> None:
+        for task, _ in self.later.values():
+            task.cancel()
+        ggopool.drain(5)
+
+
+def test_spawn_later_drains_forks_and_threads_match_the_model() -> None:
+    run_state_machine_as_test(LaterModel, settings=LATER_SETTINGS)

@@ -142,6 +142,10 @@ FORK_RELEASES_PARKED = """
         gevent.idle()
     workers = [task.get() for task in tasks]
     assert pool.stats().idle == 3
+    # gevent installs libev's SIGCHLD handler when it makes its first child watcher, which
+    # the patched fork does in the parent after fork() returns: a child that exits before
+    # that is never seen, and os.waitpid waits for ever. Installed first, it cannot miss.
+    gevent.get_hub().loop.install_sigchld()
     pid = os.fork()
     if pid == 0:
         for _ in range(3):

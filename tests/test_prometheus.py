@@ -377,6 +377,9 @@ PUBLISHER_SCRIPT = textwrap.dedent(
     out["repr"] = repr(publisher)
 
     # A second process: the child's pool starts empty, its counts add to the parent's.
+    # The child watcher's SIGCHLD handler, installed before the child can exit: a
+    # child that exits first is otherwise never seen, and waitpid waits for ever.
+    gevent.get_hub().loop.install_sigchld()
     child = gevent.fork()
     if child == 0:
         hold(5)
@@ -474,6 +477,9 @@ MASTER_SCRIPT = textwrap.dedent(
     # in the master, whose hub never runs.
     publisher = MultiProcessPublisher(PoolCollector(), interval=0.05)
     publisher.start()
+    # The child watcher's SIGCHLD handler, installed before the child can exit: a
+    # child that exits first is otherwise never seen, and waitpid waits for ever.
+    gevent.get_hub().loop.install_sigchld()
     child = gevent.fork()
     if child == 0:
         gevent.sleep(0.2)  # a worker: its hub runs, and it publishes

@@ -7,9 +7,10 @@ import atexit
 import logging
 import math
 import os
+import subprocess
+import sys
 import threading
 import types
-from collections.abc import Iterator
 from typing import Any
 
 import gevent
@@ -21,13 +22,6 @@ from ggopool import _shutdown
 from tests.conftest import HubErrors
 
 REPORT = "ggopool: pool {!r}: {} tasks unfinished ({} queued, {} running) "
-
-
-@pytest.fixture(autouse=True)
-def exit_drain_as_shipped() -> Iterator[None]:
-    deadline, drained = _shutdown._exit_deadline, _shutdown._exit_drained_pid
-    yield
-    _shutdown._exit_deadline, _shutdown._exit_drained_pid = deadline, drained
 
 
 def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -373,3 +367,151 @@ def test_gunicorn_worker_int_outside_a_gevent_worker_returns_at_once() -> None:
     from ggopool.gunicorn import worker_int
 
     worker_int(gunicorn_worker(os.getpid(), 30, 30))  # from the main greenlet: no hold
+
+
+# -- spawn_later's tasks are accepted work ------------------------------------------------
+
+
+def test_drain_waits_for_a_spawn_later_task_whose_time_comes_within_its_deadline() -> None:
+    ran: list[int] = []
+    task = ggopool.spawn_later(0.05, ran.append, 1)
+    assert ggopool.drain(5)
+    assert ran == [1]
+    assert task.successful()
+
+
+def test_drain_reports_a_spawn_later_task_due_after_its_deadline_and_leaves_it_waiting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ran: list[int] = []
+    soon = ggopool.spawn_later(0.01, ran.append, 1)
+    late = ggopool.spawn_later(60, ran.append, 2)
+    with caplog.at_level(logging.WARNING, logger="ggopool"):
+        assert ggopool.drain(1) is False  # returns once only the late one is left
+    assert ran == [1]
+    assert soon.successful()
+    assert warnings(caplog) == [
+        "ggopool: pool 'ggopool.DefaultPool': 1 spawn_later tasks unfinished, "
+        "due after the 1.0 s deadline"
+    ]
+    assert not late.ready()  # it still runs when its time comes
+    assert late.cancel()
+    assert ggopool.drain(0)
+
+
+def test_the_exit_drain_reports_a_spawn_later_task_it_cannot_wait_for(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    late = ggopool.spawn_later(60, lambda: None)
+    ggopool.set_exit_drain(5)
+    _shutdown._exit_drained_pid = None
+    with caplog.at_level(logging.WARNING, logger="ggopool"):
+        _shutdown.exit_drain()
+    assert warnings(caplog) == [
+        "ggopool: pool 'ggopool.DefaultPool': 1 spawn_later tasks abandoned at exit, "
+        "due after the 5.0 s deadline"
+    ]
+    assert late.cancel()
+
+
+SPAWN_LATER_AT_EXIT = """
+import ggopool
+
+ggopool.spawn_later(0.05, print, "ran before exit")
+ggopool.spawn_later(60, print, "never")
+"""
+
+
+def test_at_exit_a_spawn_later_task_runs_if_due_within_the_deadline_else_is_logged() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", SPAWN_LATER_AT_EXIT], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "ran before exit\n"
+    assert out.stderr == (
+        "ggopool: pool 'ggopool.DefaultPool': 1 spawn_later tasks abandoned at exit, "
+        "due after the 5.0 s deadline\n"
+    )
+
+
+# -- after the exit drain, another thread's go() is refused, not lost ----------------------
+
+
+def test_after_the_exit_drain_a_go_from_another_thread_raises_pool_closed() -> None:
+    pool = ggopool.new_pool("after-exit", 1)
+    ggopool.set_exit_drain(5)
+    _shutdown._exit_drained_pid = None
+    _shutdown.exit_drain()
+    errors: list[BaseException] = []
+
+    def other_thread() -> None:
+        try:
+            pool.go(lambda: None)
+        except BaseException as exc:  # noqa: BLE001 - the test checks it
+            errors.append(exc)
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join(10)
+    [exc] = errors
+    assert isinstance(exc, ggopool.PoolClosed)
+    assert str(exc) == (
+        "pool 'after-exit' accepts no tasks from other threads: the interpreter is exiting "
+        "and its exit drain has run"
+    )
+    assert pool.stats().submitted == 0  # nothing accepted
+    ran: list[int] = []
+    pool.go(ran.append, 1)  # the pool's own thread still queues
+    assert pool.join(5)
+    assert ran == [1]
+
+
+THREAD_AFTER_EXIT = """
+import os, sys, threading, time
+import ggopool
+
+log = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+pool = ggopool.new_pool("producer", 4)
+accepted = 0
+
+
+def record(i):
+    os.write(log, f"{i}\\n".encode())
+
+
+def producer():
+    # Non-daemon: the interpreter joins it after the exit drain, and it goes on handing
+    # tasks over meanwhile, until they are refused.
+    global accepted
+    for i in range(20000):
+        try:
+            pool.go(record, i)
+        except ggopool.PoolClosed as exc:
+            print("refused:", exc, file=sys.stderr)
+            break
+        accepted += 1
+        time.sleep(0.0005)
+    print("accepted", accepted)
+
+
+threading.Thread(target=producer).start()
+"""
+
+
+def test_a_thread_handing_tasks_over_while_the_interpreter_exits_loses_none(
+    tmp_path: object,
+) -> None:
+    log = f"{tmp_path}/runs.log"
+    out = subprocess.run(
+        [sys.executable, "-c", THREAD_AFTER_EXIT, log], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == (
+        "refused: pool 'producer' accepts no tasks from other threads: the interpreter is "
+        "exiting and its exit drain has run\n"
+    )
+    [word, accepted] = out.stdout.split()
+    assert word == "accepted"
+    with open(log) as f:
+        ran = sorted(int(line) for line in f)
+    assert ran == list(range(int(accepted)))  # every accepted task ran, once

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import gevent
 from gevent.event import Event
@@ -14,6 +15,7 @@ from gevent.monkey import get_original
 
 import ggopool
 from ggopool._entry import SLOTS
+from tests.deploy_helpers import answer_from_each_worker, gunicorn_booted, running, subprocess_env
 
 real_get_ident = get_original("_thread", "get_ident")
 
@@ -119,6 +121,7 @@ FORK_SCRIPT = textwrap.dedent(
     gevent.idle()
     assert pool.worker_count() == 4 and pool.task_count() == 10, pool
 
+    gevent.get_hub().loop.install_sigchld()  # see FORK_LATER_SCRIPT
     pid = os.fork()
     if pid == 0:
         ok = pool.task_count() == 0 and pool.worker_count() == 0
@@ -227,6 +230,7 @@ FORK_PENDING_SCRIPT = textwrap.dedent(
     ran = []
     for i in range(3):
         pool.go(ran.append, i)  # wakes the parked worker and starts two: none has run yet
+    gevent.get_hub().loop.install_sigchld()  # see FORK_LATER_SCRIPT
     pid = os.fork()
     if pid == 0:
         s = pool.stats()
@@ -293,3 +297,219 @@ def test_spawn_later_from_another_thread_killed_before_the_hub_starts_its_timer(
     assert ran == []
     assert task.successful()
     assert isinstance(task.value, gevent.GreenletExit)
+
+
+FORK_LATER_SCRIPT = textwrap.dedent(
+    """
+    from gevent import monkey
+    monkey.patch_all()
+
+    import os, sys
+    import gevent
+    import ggopool
+    from ggopool._task import waiting_later
+
+    log = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+    def record(name):
+        os.write(log, f"{os.getpid()} {name}\\n".encode())
+
+    pool = ggopool.default_pool()
+    later = ggopool.spawn_later(0.05, record, "later")
+    # gevent installs libev's SIGCHLD handler with its first child watcher, made by the
+    # patched fork in the parent after fork() returns: a child that exits before that is
+    # never seen and os.waitpid waits for ever. Installed first, it cannot be missed.
+    gevent.get_hub().loop.install_sigchld()
+    pid = os.fork()
+    if pid == 0:
+        # The parent's timer is not the child's: its handle says so at once, and the
+        # drain has nothing of it to wait for.
+        ok = later.cancelled() and not waiting_later[pool] and ggopool.drain(5)
+        try:
+            later.get(timeout=0)
+        except ggopool.TaskCancelled as exc:
+            ok = ok and "was waiting for its time at fork(): it runs in the parent" in str(exc)
+        gevent.sleep(0.2)  # past its time: room for the task to (wrongly) run here
+        os._exit(0 if ok else 3)
+    assert ggopool.drain(10)
+    _, status = os.waitpid(pid, 0)
+    print("status", status, later.successful())
+    """
+)
+
+
+def test_a_spawn_later_task_waiting_at_a_fork_runs_in_the_parent_only(tmp_path: object) -> None:
+    log = f"{tmp_path}/runs.log"
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_LATER_SCRIPT, log], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["status", "0", "True"], out.stdout
+    with open(log) as f:
+        lines = [line.split() for line in f]
+    assert [name for _, name in lines] == ["later"]  # once, in the parent
+
+
+def test_spawn_from_another_thread_on_a_full_pool_waits_for_room_then_queues() -> None:
+    pool = ggopool.new_pool("full", 1, ggopool.Config(spawn_waits_when_full=True))
+    gate = Event()
+    holder = pool.spawn(gate.wait)
+    gevent.idle()
+    assert pool.full()
+    handles: list[ggopool.Task[int]] = []
+    errors: list[BaseException] = []
+
+    def other_thread() -> None:
+        try:
+            handles.append(pool.spawn(lambda: 42))
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    # The hand-over reaches the hub: a greenlet there waits for room on the thread's behalf.
+    with gevent.Timeout(10):
+        while pool._membership().room is None and t.is_alive():
+            gevent.sleep(0.001)
+    assert errors == []
+    assert t.is_alive()  # blocked in spawn(), while this thread's hub runs on
+    assert (len(pool), pool.task_count(), handles) == (1, 0, [])  # nothing queued yet
+    gate.set()  # the holder ends: room for the thread's task
+    with gevent.Timeout(10):
+        while t.is_alive():
+            gevent.sleep(0.001)
+    t.join(10)
+    assert errors == []
+    [task] = handles
+    assert task.get(timeout=5) == 42
+    assert holder.successful()
+    assert pool.join(5)
+
+
+def test_spawn_from_another_thread_on_a_pool_closed_meanwhile_raises_there() -> None:
+    pool = ggopool.new_pool("full", 1, ggopool.Config(spawn_waits_when_full=True))
+    gate = Event()
+    pool.spawn(gate.wait)
+    gevent.idle()
+    errors: list[BaseException] = []
+
+    def other_thread() -> None:
+        try:
+            pool.spawn(lambda: None)
+        except BaseException as exc:  # noqa: BLE001 - the test checks it
+            errors.append(exc)
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    with gevent.Timeout(10):
+        while pool._membership().room is None:
+            gevent.sleep(0.001)
+    pool.close()
+    gate.set()
+    with gevent.Timeout(10):
+        while t.is_alive():
+            gevent.sleep(0.001)
+    [exc] = errors
+    assert isinstance(exc, ggopool.PoolClosed)
+    assert str(exc) == "pool 'full' is closed: it accepts no new tasks"
+    assert pool.join(5)
+
+
+PRELOADED_APP = """
+import json, os
+import ggopool
+
+
+def record():
+    with open(os.environ["LATER_RUNS"], "a") as f:
+        f.write(f"{os.getpid()}\\n")
+
+
+later = ggopool.spawn_later(0.05, record)  # at import: in gunicorn's master, with --preload
+
+
+def app(environ, start_response):
+    try:
+        later.get(block=False)
+        why = "ran"
+    except ggopool.TaskCancelled as exc:
+        why = str(exc)
+    except Exception as exc:
+        why = type(exc).__name__
+    answer = {"pid": os.getpid(), "cancelled": later.cancelled(), "why": why}
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps(answer).encode()]
+"""
+
+
+def test_spawn_later_at_import_under_gunicorn_preload_runs_in_no_worker(tmp_path: Path) -> None:
+    (tmp_path / "later_app.py").write_text(PRELOADED_APP)
+    runs = tmp_path / "runs.txt"
+    env = subprocess_env(LATER_RUNS=str(runs), XDG_RUNTIME_DIR=str(tmp_path))
+    args = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "--preload"]
+    args += ["-b", "127.0.0.1:0", "--chdir", str(tmp_path), "later_app:app"]
+    with running(args, env) as gunicorn:
+        url, master_pid, worker_pids = gunicorn_booted(gunicorn)
+        answers = answer_from_each_worker(url, worker_pids, "GET", "/")
+        ran_while_serving = runs.read_text().split() if runs.exists() else []
+    for answer in answers.values():
+        assert answer["cancelled"] is True, answer
+        assert "was waiting for its time at fork(): it runs in the parent" in answer["why"]
+    assert ran_while_serving == []  # in no worker (the master never runs its hub)
+    # The master's exit drain, when the test stopped it, may run it there: once, at most.
+    ran = runs.read_text().split() if runs.exists() else []
+    assert ran in ([], [str(master_pid)])
+
+
+FORK_WITH_A_DESTROYED_HUB_SCRIPT = textwrap.dedent(
+    """
+    import os, threading
+    import gevent
+    from gevent.event import Event
+    import ggopool
+
+    # A pool whose hub was destroyed, with a parked worker: made in a real thread (nothing
+    # is monkey-patched here) that ends.
+    kept = []
+
+    def in_thread():
+        pool = ggopool.new_pool("destroyed", 2, ggopool.Config(idle_timeout=None))
+        pool.go(lambda: None)
+        gevent.idle()
+        kept.append(pool)
+        gevent.get_hub().destroy(destroy_loop=True)
+
+    t = threading.Thread(target=in_thread)
+    t.start()
+    t.join()
+    # Twenty pools of this thread, each with a task queued behind a held worker.
+    gate = Event()
+    pools = [ggopool.new_pool(f"p{i}", 1) for i in range(20)]
+    queued = []
+    for pool in pools:
+        pool.go(gate.wait)
+        queued.append(pool.submit(lambda: os.getpid()))
+    gevent.idle()
+    pid = os.fork()
+    if pid == 0:
+        # Every pool was reset, whatever the destroyed one did: no task runs twice.
+        ok = all(task.cancelled() for task in queued)
+        ok = ok and all(pool.task_count() == 0 for pool in pools)
+        os._exit(0 if ok else 3)
+    gate.set()
+    print("parent ran", sorted(set(task.get(timeout=10) for task in queued)) == [os.getpid()])
+    _, status = os.waitpid(pid, 0)
+    print("status", status)
+    """
+)
+
+
+def test_a_pool_whose_hub_was_destroyed_does_not_stop_the_fork_reset_of_the_others() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_WITH_A_DESTROYED_HUB_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["parent", "ran", "True", "status", "0"], out.stdout + out.stderr
