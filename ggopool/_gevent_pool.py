@@ -188,15 +188,18 @@ class GeventPoolMixin:
         def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]: ...
         def _queue(self, task: Entry) -> None: ...
 
+    # The members' one owner: made when the pool first has one (None until then).
+    __slots__ = ("_membership_or_none",)
+    _membership_or_none: _Membership | None
+
     def _reset_members(self) -> None:
         """Forget the members (Pool._reset: a new pool, or a forked child's)."""
-        _membership.pop(id(self), None)
+        self._membership_or_none = None
 
     def _membership(self) -> _Membership:
-        membership = _membership.get(id(self))
+        membership = self._membership_or_none
         if membership is None:
-            membership = _membership[id(self)] = _Membership(self)
-            weakref.finalize(self, _membership.pop, id(self), None)
+            membership = self._membership_or_none = _Membership(self)
         return membership
 
     @property
@@ -215,7 +218,7 @@ class GeventPoolMixin:
     @property
     def _members(self) -> set[Any] | frozenset[Any]:
         # For reading: a pool that never had a member gets no entry for being asked.
-        membership = _membership.get(id(self))
+        membership = self._membership_or_none
         return _NO_MEMBERS if membership is None else membership.tasks
 
     # -- members -----------------------------------------------------------------------
@@ -300,7 +303,7 @@ class GeventPoolMixin:
         # A raw greenlet stays a member until discard(), as in gevent.
 
     def _check_room(self) -> None:
-        membership = _membership.get(id(self))
+        membership = self._membership_or_none
         if membership is not None:
             membership.check_room(self._cap, cap_changed=True)
 
@@ -615,14 +618,6 @@ class GeventPoolMixin:
             exc = getattr(member, "exception", None)
             if isinstance(exc, BaseException):
                 raise exc
-
-
-#: Each pool's `_Membership` by the pool's id, kept beside the pool rather than in it. A
-#: Pool already has 29 instance attributes, the most CPython 3.11 keeps in its fast layout:
-#: a 30th made every attribute read in go() slower (+2.4% instructions per no-op task,
-#: callgrind). A pool that never uses gevent's surface has no entry; a collected pool's
-#: entry goes with it (weakref.finalize).
-_membership: dict[int, _Membership] = {}
 
 
 def _args(

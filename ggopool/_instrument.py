@@ -24,8 +24,6 @@ from ggopool._describe import describe_call, short_repr
 from ggopool._task import is_task_runner
 
 if TYPE_CHECKING:
-    from gevent.lock import Semaphore
-
     from ggopool._entry import Entry
     from ggopool._pool import Pool
     from ggopool._task import Task
@@ -354,12 +352,10 @@ class InstrumentsMixin:
     """`Pool`'s methods for its instruments, which it keeps in one attribute,
     ``_instruments``: an `Instruments`, or None when it has none."""
 
+    __slots__ = ()
+
     if TYPE_CHECKING:
         _instruments: Instruments | None
-        _closed: bool
-        _slots: Semaphore | None
-        _ident: int
-        _fast_ident: int
 
         def _in_own_thread(self, fn: Callable[..., object], *args: Any) -> None: ...
 
@@ -398,17 +394,6 @@ class InstrumentsMixin:
 
         @property
         def name(self) -> str: ...
-
-    def _route(self) -> None:
-        """Choose go()'s way in: its fast path only from the pool's own thread while the pool
-        is open, unbounded and has no instrument that watches tasks (NO_THREAD matches no
-        thread)."""
-        from ggopool._pool import NO_THREAD  # _pool imports this module
-
-        instruments = self._instruments
-        quiet = instruments is None or not instruments.tasks
-        fast = not self._closed and self._slots is None and quiet
-        self._fast_ident = self._ident if fast else NO_THREAD
 
 
 def _check_instrument(instrument: object) -> None:

@@ -24,7 +24,6 @@ from greenlet import greenlet as Greenlet
 
 from ggopool._config import check_timeout
 from ggopool._pool import Pool, _get_ident, all_pools, refuse_hand_overs
-from ggopool._task import waiting_later
 
 if TYPE_CHECKING:
     from ggopool._task import Task
@@ -156,7 +155,7 @@ def _busy() -> list[Pool]:
 def _waiting_later(pools: list[Pool], before: float) -> list[Task[Any]]:
     """The ``spawn_later`` tasks of ``pools`` whose time comes by ``before`` (monotonic),
     the soonest first."""
-    due = [(when, task) for pool in pools for task, when in list(waiting_later[pool].items())]
+    due = [(when, task) for pool in pools for task, when in list(pool._later.items())]
     return [task for when, task in sorted(due, key=_first) if when <= before]
 
 

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
-from weakref import WeakKeyDictionary
 
 from gevent import Timeout, get_hub
 from gevent.exceptions import InvalidSwitchError
@@ -40,12 +39,6 @@ else:
 #: Covariant: a Task[int] is a Task[object], so tasks of different results go in one list
 #: (``gevent.joinall([a, b])`` type-checks).
 T = TypeVar("T", covariant=True)
-
-#: Each pool's spawn_later tasks waiting for their time, with when it comes (time.monotonic):
-#: accepted work that the drain waits for, not yet queued or counted. Not an attribute of
-#: the pool: past 29 attributes a Pool's instance dict loses CPython 3.11's shared keys, and
-#: every attribute read on go()'s hot path becomes a dict lookup.
-waiting_later: WeakKeyDictionary[Pool, dict[Task[Any], float]] = WeakKeyDictionary()
 
 #: A task's states: waiting for its time (``spawn_later``), queued, running, done (its
 #: outcome set), cancelled (stopped before it ran).
@@ -570,7 +563,7 @@ class Task(_TaskBase, Generic[T]):
         self._state = _LATER
         # Accepted work from now on: the drain waits for it (or reports it) and a forked
         # child leaves it to the parent. One step under the GIL, from any thread.
-        waiting_later[self._pool][self] = time.monotonic() + seconds
+        self._pool._later[self] = time.monotonic() + seconds
         self._pool._in_own_thread(self._start_later, seconds)
 
     def _start_later(self, seconds: float) -> None:
@@ -594,7 +587,7 @@ class Task(_TaskBase, Generic[T]):
 
     def _stop_later(self) -> None:
         timer, self._later = self._later, None
-        waiting_later[self._pool].pop(self, None)
+        self._pool._later.pop(self, None)
         if timer is not None:
             timer.close()
 

@@ -46,7 +46,6 @@ from hypothesis.stateful import (
 
 import ggopool
 from ggopool import Config, PoolClosed, PoolFull
-from ggopool._task import waiting_later
 from tests.conftest import HubErrors
 from tests.faulty import BrokenRepr, BrokenReprError, recurse
 
@@ -885,7 +884,7 @@ class LaterModel(RuleBasedStateMachine):
                 # runs in the child, whatever the drain waits for.
                 ran_before = list(self.ran)
                 seen = [all(self.later[i][0].cancelled() for i in waiting)]
-                seen.append(not waiting_later[ggopool.default_pool()])
+                seen.append(not ggopool.default_pool()._later)
                 seen.append(ggopool.drain(5))
                 seen.append(self.ran == ran_before)
                 code = 0 if all(seen) else 3
@@ -905,7 +904,7 @@ class LaterModel(RuleBasedStateMachine):
         assert not self.cancelled & set(self.ran)
         waiting = {self.later[i][0] for i in self.waiting()}
         # Waiting for their time: exactly those the drain counts (a fired one is queued).
-        assert set(waiting_later[ggopool.default_pool()]) <= waiting
+        assert set(ggopool.default_pool()._later) <= waiting
         s = self.pool.stats()
         assert s.submitted == s.completed + s.failed + s.cancelled + s.running + s.pending
 

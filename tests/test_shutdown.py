@@ -105,17 +105,21 @@ def test_a_report_never_raises(
 ) -> None:
     monkeypatch.setattr(_shutdown, "NOTE_AFTER", 0.0)
     gate = Event()
-    pool = ggopool.new_pool("drain-broken-stats", 1)
+    broken = [True]
+
+    class BrokenStats(ggopool.Pool):
+        def stats(self) -> ggopool.PoolStats:
+            if broken[0]:
+                raise RuntimeError("no stats")
+            return super().stats()
+
+    pool = BrokenStats("drain-broken-stats", 1)
     pool.go(gate.wait)
     gevent.idle()
-
-    def broken() -> ggopool.PoolStats:
-        raise RuntimeError("no stats")
-
-    monkeypatch.setattr(pool, "stats", broken)
     with caplog.at_level(logging.WARNING, logger="ggopool"):
         assert ggopool.drain(0.01) is False  # neither the note nor the report raised
     assert warnings(caplog) == []
+    broken[0] = False
     monkeypatch.undo()
     gate.set()
     assert ggopool.drain(5)

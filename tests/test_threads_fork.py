@@ -307,7 +307,6 @@ FORK_LATER_SCRIPT = textwrap.dedent(
     import os, sys
     import gevent
     import ggopool
-    from ggopool._task import waiting_later
 
     log = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
@@ -324,7 +323,7 @@ FORK_LATER_SCRIPT = textwrap.dedent(
     if pid == 0:
         # The parent's timer is not the child's: its handle says so at once, and the
         # drain has nothing of it to wait for.
-        ok = later.cancelled() and not waiting_later[pool] and ggopool.drain(5)
+        ok = later.cancelled() and not pool._later and ggopool.drain(5)
         try:
             later.get(timeout=0)
         except ggopool.TaskCancelled as exc:
