@@ -171,6 +171,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         "_hub",
         "_ident",
         "_idle_timeout",
+        "_idle_timer",
         "_inbox",
         "_instruments",
         "_later",
@@ -232,8 +233,14 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         # as YIELDING (see _running). Each worker's state says which count it (_worker.py).
         self._workers = 0
         # Insertion-ordered: a wake-up takes the most recently parked (popitem), so the
-        # longest parked expire first when fewer are needed; any one leaves in O(1).
-        self._parked: dict[Worker, None] = {}
+        # longest parked expire first when fewer are needed; any one leaves in O(1). Each
+        # with when it parked (the loop's clock), for the pool's one idle timer, which runs
+        # while a worker is parked and idle_timeout is set (_worker.py, _expire_idle).
+        self._parked: dict[Worker, float] = {}
+        timer = getattr(self, "_idle_timer", None)
+        if timer is not None:
+            timer.close()  # in a forked child: the parent's, for the parent's workers
+        self._idle_timer: Any = None
         self._starting = 0
         # Workers counted but not started yet: no greenlet exists for them until the hub
         # runs _start_workers, and one that then finds the queue empty is never made.
@@ -780,8 +787,8 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         if loop is None:
             loop = self._hub_was_destroyed()
         if self._parked:
-            # The most recently parked: the others' idle timers keep running, so a pool
-            # that needs fewer workers than it has lets the extra ones expire.
+            # The most recently parked: the others' idle time goes on, so a pool that
+            # needs fewer workers than it has lets the extra ones expire.
             worker = self._parked.popitem()[0]
             worker.state = WAKING
             self._starting += 1
@@ -841,6 +848,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         self._generation += 1
         self._workers = self._starting = self._to_start = self._counts.reporting = 0
         self._parked = {}
+        self._idle_timer = None  # it went with the old loop
         self._greenlets = set()
         self._starter_scheduled = False
         return self._hub.loop

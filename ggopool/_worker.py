@@ -330,37 +330,68 @@ def _park(pool: Pool, me: Worker, generation: int) -> bool:
     if timeout == 0 or pool._closed or len(parked) >= pool._max_idle or me.state is LEAVING:
         return False  # leave instead of parking: work() uncounts this worker
     me.state = PARKED
-    parked[me] = None
+    hub = pool._hub
+    if timeout is None:
+        parked[me] = 0.0
+    else:
+        # When it parked, by the loop's clock: `_expire_idle` makes it leave at that time
+        # plus idle_timeout. One timer per pool, not one per park: making, starting and
+        # closing a timer each time cost a trickle of tasks (each wakes a parked worker)
+        # about 2% of its time.
+        now = parked[me] = hub.loop.now()
+        if pool._idle_timer is None:
+            _expire_idle_at(pool, now + timeout, generation)
     if pool._quiet is not None:
         pool._check_quiet()  # this worker no longer counts as running: maybe nothing does
-    hub = pool._hub
-    timer = None
-    if timeout is not None:
-        # Not ref'd: a parked worker must not keep gevent.wait() or the loop running.
-        timer = hub.loop.timer(timeout, ref=False)
-        timer.start(_expire, pool, me, generation)
-    try:
-        while True:
-            why = hub.switch()
-            if pool._generation != generation:
-                return False  # woken by a callback scheduled before a fork, now in the child
-            state = me.state
-            if state is WAKING and why is WORK:
-                pool._starting -= 1
-                me.state = RUNNING
-                return True
-            if state is GONE:
-                return False  # retired (set_cap, close) or expired: already uncounted
-            # A switch nobody in the pool sent (a callback a finished task left behind):
-            # still parked, or a WORK switch still on its way. Keep waiting.
-    finally:
-        if timer is not None:
-            timer.close()
+    while True:
+        why = hub.switch()
+        if pool._generation != generation:
+            return False  # woken by a callback scheduled before a fork, now in the child
+        state = me.state
+        if state is WAKING and why is WORK:
+            pool._starting -= 1
+            me.state = RUNNING
+            return True
+        if state is GONE:
+            return False  # retired (set_cap, close) or expired: already uncounted
+        # A switch nobody in the pool sent (a callback a finished task left behind):
+        # still parked, or a WORK switch still on its way. Keep waiting.
 
 
-def _expire(pool: Pool, worker: Worker, generation: int) -> None:
-    """The idle timer of a parked worker (runs in the hub)."""
-    if pool._generation != generation or worker.state is not PARKED:
-        return  # woken for work (or retired) just as the timer fired
-    pool._uncount_parked(worker)
-    worker.switch(EXPIRE)
+#: A parked worker due to leave within this many seconds of the idle timer's firing leaves
+#: with the ones due then, rather than the timer being started again for so short a wait.
+_IDLE_SLACK = 0.001
+
+
+def _expire_idle_at(pool: Pool, when: float, generation: int) -> None:
+    """Start the pool's idle timer, due at ``when`` (the loop's clock). Not ref'd: parked
+    workers must not keep ``gevent.wait()`` or the loop running."""
+    loop = pool._hub.loop
+    timer = pool._idle_timer = loop.timer(max(0.0, when - loop.now()), ref=False)
+    timer.start(_expire_idle, pool, generation)
+
+
+def _expire_idle(pool: Pool, generation: int) -> None:
+    """The pool's idle timer (runs in the hub): the workers parked for ``idle_timeout``
+    leave, longest parked first (the free list is in the order they parked), and the
+    timer is started again for the next one due, if any is parked."""
+    if pool._generation != generation:
+        return  # the parent's timer, in a forked child: the child's pool starts its own
+    timer, pool._idle_timer = pool._idle_timer, None
+    if timer is not None:
+        timer.close()
+    timeout = pool._idle_timeout
+    assert timeout is not None  # no timer is started without one
+    now = pool._hub.loop.now()
+    due = []
+    for worker, since in pool._parked.items():
+        if since + timeout > now + _IDLE_SLACK:
+            _expire_idle_at(pool, since + timeout, generation)
+            break
+        due.append(worker)
+    # Uncounted first, all of them: a worker that leaves may wake others for queued tasks,
+    # and those must be ones that stay.
+    for worker in due:
+        pool._uncount_parked(worker)
+    for worker in due:
+        worker.switch(EXPIRE)

@@ -4,6 +4,7 @@ list, set_cap and contextvars. Workers are held on Events while counts are asser
 from __future__ import annotations
 
 import contextvars
+import time
 
 import gevent
 import greenlet
@@ -164,6 +165,43 @@ def test_parked_workers_exit_after_idle_timeout() -> None:
         while pool.worker_count():
             gevent.sleep(0.005)
     # The pool still works after its workers expired.
+    done = Event()
+    pool.go(done.set)
+    assert done.wait(5)
+
+
+def test_each_parked_worker_leaves_idle_timeout_after_it_parked_the_longest_parked_first() -> None:
+    timeout = 0.3
+    pool = ggopool.new_pool("t", 2, Config(idle_timeout=timeout))
+    first, second = Event(), Event()
+    pool.go(first.wait)
+    pool.go(second.wait)
+    gevent.idle()
+    workers = list(pool._greenlets)
+    assert pool.stats().running == 2
+    first.set()
+    gevent.idle()
+    [parked_first] = list(pool._parked)
+    parked_first_at = time.monotonic()
+    gevent.sleep(timeout / 2)
+    second.set()
+    gevent.idle()
+    parked_second_at = time.monotonic()
+    assert list(pool._parked)[-1] is not parked_first
+    # Polling under a timeout: the expiry itself is what takes time here.
+    with gevent.Timeout(5):
+        while pool.worker_count() == 2:
+            gevent.sleep(0.005)
+    left_first_at = time.monotonic()
+    assert parked_first.dead  # the longest parked left first...
+    assert left_first_at - parked_first_at >= timeout - 0.02  # ...once its time had come
+    assert pool.worker_count() == 1
+    with gevent.Timeout(5):
+        while pool.worker_count():
+            gevent.sleep(0.005)
+    assert time.monotonic() - parked_second_at >= timeout - 0.02  # the other at its own
+    assert all(worker.dead for worker in workers)
+    assert pool._idle_timer is None  # nothing parked: the pool's idle timer is not running
     done = Event()
     pool.go(done.set)
     assert done.wait(5)
