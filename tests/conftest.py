@@ -8,6 +8,7 @@ from typing import Any
 
 import gevent
 import pytest
+from gevent.event import Event
 
 import ggopool
 from ggopool import _pool, _shutdown
@@ -75,3 +76,26 @@ def exit_drain_as_shipped() -> Iterator[None]:
     yield
     _shutdown._exit_deadline, _shutdown._exit_drained_pid = deadline, drained
     _pool._hand_overs_refused_in = None
+
+
+# -- helpers the test modules share ----------------------------------------------------------
+
+
+def wait_then_worker(gate: Event) -> Any:
+    """A task: wait for ``gate``, then return the worker greenlet it ran on."""
+    gate.wait()
+    return gevent.getcurrent()
+
+
+def parked_in_order(pool: ggopool.Pool, n: int) -> list[Any]:
+    """Park ``n`` workers one after the other; their greenlets, longest parked first."""
+    gates = [Event() for _ in range(n)]
+    tasks = [pool.submit(wait_then_worker, gate) for gate in gates]
+    gevent.idle()
+    for gate in gates:
+        gate.set()
+        gevent.idle()
+    workers = [task.get(block=False) for task in tasks]
+    assert len(set(workers)) == n
+    assert pool.stats().idle == n
+    return workers

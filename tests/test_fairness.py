@@ -19,6 +19,7 @@ from gevent.event import Event
 import ggopool
 from ggopool import Config
 from ggopool._worker import CHECK_EVERY, loop_watch
+from tests.conftest import parked_in_order
 
 #: A worker looks at the loop every CHECK_EVERY tasks; the first look starts its clock and
 #: the second finds the loop overdue. The loop's turn comes before the next task.
@@ -132,13 +133,7 @@ def test_workers_woken_while_the_loop_is_overdue_wait_their_turn() -> None:
     # Four parked workers are woken by the burst; each would otherwise run tasks until its
     # own look at the loop, one after the other, before the loop could poll.
     pool = ggopool.new_pool("burst", 4, Config(idle_timeout=None))
-    gate = Event()
-    for _ in range(4):
-        pool.go(gate.wait)
-    gevent.idle()
-    gate.set()
-    gevent.idle()
-    assert pool.stats().idle == 4
+    parked_in_order(pool, 4)
     ran: list[int] = []
     fired_after: list[int] = []
     timer = gevent.get_hub().loop.timer(0.0)
@@ -211,13 +206,7 @@ def test_kill_while_a_worker_waits_for_the_loop_keeps_the_counts() -> None:
 
 def test_set_cap_lowered_while_workers_wait_for_the_loop_runs_no_task_above_it() -> None:
     pool = ggopool.new_pool("burst", 3, Config(idle_timeout=None))
-    gate = Event()
-    for _ in range(3):
-        pool.go(gate.wait)
-    gevent.idle()
-    gate.set()
-    gevent.idle()
-    assert pool.stats().idle == 3
+    parked_in_order(pool, 3)
     ran: list[int] = []
     workers_at_start: list[int] = []  # of each task started after the cut
     cut = [False]

@@ -23,7 +23,7 @@ from greenlet import GreenletExit
 
 import ggopool
 from ggopool import Config, _shutdown
-from tests.conftest import HubErrors
+from tests.conftest import HubErrors, parked_in_order, wait_then_worker
 
 HANG = 5.0
 
@@ -41,26 +41,6 @@ def run_script(script: str) -> list[str]:
     )
     assert out.returncode == 0, (out.stdout, out.stderr)
     return out.stdout.splitlines()
-
-
-def wait_then_worker(gate: Event) -> Any:
-    """A task: wait for ``gate``, then return the worker greenlet it ran on."""
-    gate.wait()
-    return gevent.getcurrent()
-
-
-def parked_in_order(pool: ggopool.Pool, n: int) -> list[Any]:
-    """Park ``n`` workers one after the other; their greenlets, longest parked first."""
-    gates = [Event() for _ in range(n)]
-    tasks = [pool.submit(wait_then_worker, gate) for gate in gates]
-    gevent.idle()
-    for gate in gates:
-        gate.set()
-        gevent.idle()
-    workers = [task.get(block=False) for task in tasks]
-    assert len(set(workers)) == n
-    assert pool.stats().idle == n
-    return workers
 
 
 # -- a group raises its first failure ---------------------------------------------------------
