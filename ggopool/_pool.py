@@ -30,6 +30,7 @@ from ggopool._task import Task, as_exception, is_task_runner
 from ggopool._worker import (
     GONE,
     LEAVING,
+    NOT_OVERDUE,
     PARKED,
     RETIRE,
     RUNNING,
@@ -175,6 +176,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         "_inbox",
         "_instruments",
         "_later",
+        "_loop_watch",
         "_max_idle",
         "_name",
         "_panic_handler",
@@ -215,6 +217,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         # The thread whose hub runs this pool's workers.
         self._ident = _get_ident()
         self._hub = get_hub()
+        self._loop_watch = loop_watch(self._hub)  # what the workers saw of its loop
         self._reset()
         # The spawn_later tasks waiting for their time, with when it comes (monotonic):
         # accepted work that the drain waits for, not yet queued or counted. Kept across
@@ -815,7 +818,9 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         """
         if generation != self._generation:
             return  # scheduled before a fork; the child's pool starts its own
-        if self._hub.loop.iteration == loop_watch(self._hub).overdue and self._tasks:
+        watch = self._loop_watch
+        overdue = watch.overdue != NOT_OVERDUE and self._hub.loop.iteration == watch.overdue
+        if overdue and self._tasks:
             at_a_later_turn(self._hub, self, self._start_workers, generation)  # _worker.py
             return
         self._starter_scheduled = False
@@ -845,6 +850,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         ``gevent.spawn`` goes on working with the new hub.
         """
         self._hub = get_hub()
+        self._loop_watch = loop_watch(self._hub)
         self._generation += 1
         self._workers = self._starting = self._to_start = self._counts.reporting = 0
         self._parked = {}

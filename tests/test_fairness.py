@@ -18,7 +18,7 @@ from gevent.event import Event
 
 import ggopool
 from ggopool import Config
-from ggopool._worker import CHECK_EVERY, loop_watch
+from ggopool._worker import CHECK_EVERY, NOT_OVERDUE, loop_watch
 from tests.conftest import parked_in_order
 
 #: A worker looks at the loop every CHECK_EVERY tasks; the first look starts its clock and
@@ -85,6 +85,11 @@ def test_a_timer_started_before_a_burst_fires_before_it_ends() -> None:
     # The worker waits for the loop between two tasks: it is not counted as running one.
     [s] = seen
     assert (s.workers, s.idle, s.running, s.pending) == (1, 0, 0, BURST - n)
+    # Once the loop has had its turn, nothing is overdue: a worker woken for a task then
+    # runs it without reading the loop's iteration.
+    turns_done(pool)
+    gevent.idle()
+    assert loop_watch(pool._hub).overdue == NOT_OVERDUE
 
 
 def test_a_socket_is_read_while_a_burst_runs() -> None:
