@@ -348,7 +348,7 @@ def _park(pool: Pool, me: Worker, generation: int) -> bool:
         # When it parked, by the loop's clock: `_expire_idle` makes it leave at that time
         # plus idle_timeout. One timer per pool, not one per park: making, starting and
         # closing a timer each time cost a trickle of tasks (each wakes a parked worker)
-        # about 2% of its time.
+        # 8% more instructions per task (callgrind: 41,676 against 38,196).
         now = parked[me] = hub.loop.now()
         if pool._idle_timer is None:
             _expire_idle_at(pool, now + timeout, generation)
