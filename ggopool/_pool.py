@@ -151,7 +151,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
       interval has passed since it last did, as gevent's loop does between greenlets.
     """
 
-    # Every attribute a pool has (GeventPoolMixin adds its members'), each set in one place.
+    # Every attribute a pool has (GeventPoolMixin adds the slot of its members).
     # Slots, not an instance dict: CPython reads a slot without a lookup however many
     # there are, where an instance dict stops sharing its keys past 29 attributes and
     # every read on go()'s path becomes a dict lookup (a 30th attribute cost a no-op task
