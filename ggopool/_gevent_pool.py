@@ -13,7 +13,6 @@ from gevent import kill as gevent_kill
 from gevent import spawn_raw
 from gevent.event import Event
 from gevent.lock import DummySemaphore, Semaphore
-from gevent.monkey import get_original
 from gevent.queue import UnboundQueue
 from greenlet import GreenletExit, getcurrent
 
@@ -22,6 +21,8 @@ from ggopool._entry import NO_KWARGS
 from ggopool._errors import PoolClosed, PoolFull
 from ggopool._task import _UNSTARTED, as_exception
 from ggopool._task import Task as _Task
+from ggopool._threads import allocate_lock as _allocate_lock
+from ggopool._threads import get_ident as _get_ident
 
 if TYPE_CHECKING:
     from gevent.hub import Hub
@@ -34,10 +35,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-# The real ones even under monkey-patching: a thread waiting in spawn() blocks itself.
-_get_ident: Callable[[], int] = get_original("_thread", "get_ident")
-_allocate_lock: Callable[[], Any] = get_original("_thread", "allocate_lock")
 
 
 class _Membership:

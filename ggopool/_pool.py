@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from gevent import Timeout, get_hub, spawn_raw
 from gevent.event import Event
 from gevent.lock import Semaphore
-from gevent.monkey import get_original
 from greenlet import GreenletExit, getcurrent
 
 from ggopool._config import Config, check_int_at_least, check_timeout
@@ -27,6 +26,8 @@ from ggopool._instrument import Instruments, InstrumentsMixin, dropped
 from ggopool._panic import PanicHandler
 from ggopool._stats import Counts, PoolStats
 from ggopool._task import Task, as_exception, is_task_runner
+from ggopool._threads import allocate_lock
+from ggopool._threads import get_ident as _get_ident
 from ggopool._worker import (
     GONE,
     LEAVING,
@@ -52,9 +53,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-# The real thread id even under monkey-patching (patched, get_ident names greenlets).
-_get_ident: Callable[[], int] = get_original("_thread", "get_ident")
-
 #: No thread has this id: go() from every thread takes the general way in.
 NO_THREAD = -1
 
@@ -65,7 +63,7 @@ all_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 # after it would never run, so it raises PoolClosed instead. Checked and set under the
 # lock, so that no hand-over slips in between the drain's last look and the refusal.
 _hand_overs_refused_in: int | None = None
-_hand_over_lock = get_original("_thread", "allocate_lock")()
+_hand_over_lock = allocate_lock()
 
 
 def refuse_hand_overs() -> None:
@@ -79,7 +77,7 @@ def refuse_hand_overs() -> None:
 def _new_hand_over_lock() -> None:
     # In a forked child: another thread may have held it at the fork.
     global _hand_over_lock
-    _hand_over_lock = get_original("_thread", "allocate_lock")()
+    _hand_over_lock = allocate_lock()
 
 
 def _kill_worker(worker: Worker, exception: object) -> None:

@@ -23,7 +23,8 @@ from greenlet import getcurrent
 from greenlet import greenlet as Greenlet
 
 from ggopool._config import check_timeout
-from ggopool._pool import Pool, _get_ident, all_pools, refuse_hand_overs
+from ggopool._pool import Pool, all_pools, refuse_hand_overs
+from ggopool._threads import get_ident as _get_ident
 
 if TYPE_CHECKING:
     from ggopool._task import Task
