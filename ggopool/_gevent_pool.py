@@ -15,14 +15,17 @@ from gevent.event import Event
 from gevent.lock import DummySemaphore, Semaphore
 from gevent.queue import UnboundQueue
 from greenlet import GreenletExit, getcurrent
+from greenlet import greenlet as RawGreenlet
 
 from ggopool._config import check_int_at_least, check_timeout
+from ggopool._describe import short_repr
 from ggopool._entry import NO_KWARGS
 from ggopool._errors import PoolClosed, PoolFull
-from ggopool._task import _UNSTARTED, as_exception
+from ggopool._task import _LATER, _UNSTARTED, as_exception
 from ggopool._task import Task as _Task
 from ggopool._threads import allocate_lock as _allocate_lock
 from ggopool._threads import get_ident as _get_ident
+from ggopool._worker import LEAVING
 
 if TYPE_CHECKING:
     from gevent.hub import Hub
@@ -41,10 +44,13 @@ class _Membership:
     """A pool's members, the Event that wakes those waiting for room among them, and
     the `RoomSignal` a gevent server links to."""
 
-    __slots__ = ("left", "pool", "room", "signal", "tasks")
+    __slots__ = ("dying", "left", "pool", "room", "signal", "tasks")
 
     def __init__(self, pool: GeventPoolMixin) -> None:
         self.tasks: set[Any] = set()
+        # Members `killone` has killed: not killed again by killone or Pool.kill, as
+        # gevent's Group keeps its dying greenlets.
+        self.dying: set[Any] = set()
         self.room: Event | None = None  # set when a member leaves, if someone waits
         self.signal: RoomSignal | None = None  # made when a server first asks for it
         self.pool = weakref.ref(pool)  # not the pool itself: it would never be collected
@@ -53,6 +59,7 @@ class _Membership:
 
     def _left(self, task: Any) -> None:
         self.tasks.discard(task)
+        self.dying.discard(task)
         if self.room is not None or self.signal is not None:
             pool = self.pool()
             if pool is not None:
@@ -268,6 +275,11 @@ class GeventPoolMixin:
         When the pool is `full` it waits for room (up to ``timeout`` seconds) or, with
         ``blocking=False``, raises `PoolFull` at once, as gevent's ``Pool.add`` does.
         """
+        if not isinstance(task, (_Task, RawGreenlet)):
+            raise TypeError(
+                f"add() takes a ggopool Task or a greenlet, got {short_repr(task)}"
+                f" of type {type(task).__qualname__}"
+            )
         timeout = check_timeout(timeout)
         if not self._wait_for_room(blocking, timeout):
             raise PoolFull(f"pool {self._name!r} is full: it holds {self._cap} members")
@@ -276,6 +288,11 @@ class GeventPoolMixin:
     def start(self, task: Any, blocking: bool = True, timeout: float | None = None) -> None:
         """`add` ``task``, then ``task.start()`` (which queues a `Task` made by `task`,
         and does nothing to one already queued)."""
+        if not callable(getattr(task, "start", None)):
+            raise TypeError(
+                f"start() takes a ggopool Task or a gevent Greenlet (something with a start()"
+                f" method), got {short_repr(task)} of type {type(task).__qualname__}"
+            )
         self.add(task, blocking, timeout)
         task.start()
 
@@ -564,15 +581,32 @@ class GeventPoolMixin:
         """Kill ``task`` if it is a member (with ``exception``, as ``Task.kill`` does);
         with ``block``, wait up to ``timeout`` seconds for it to finish."""
         timeout = check_timeout(timeout)
-        if task in self._members:
-            task.kill(exception, block=False)
-            if block:
-                task.join(timeout)
+        membership = self._membership_or_none
+        if membership is None or task not in membership.tasks or task in membership.dying:
+            return  # not a member, or killed already: gevent's killone fires once
+        if isinstance(task, _Task) and getattr(task._greenlet, "state", None) is LEAVING:
+            return  # a Pool.kill hit it already
+        membership.dying.add(task)
+        task.kill(exception, block=False)
+        if block:
+            task.join(timeout)
+
+    def _dying_workers(self) -> set[Any]:
+        """For `Pool.kill`: the workers running this pool's tasks that `killone` killed
+        (they are not hit again)."""
+        membership = self._membership_or_none
+        if membership is None or not membership.dying:
+            return set()
+        return {
+            task._greenlet
+            for task in membership.dying
+            if isinstance(task, _Task) and task._greenlet is not None
+        }
 
     def _added_members(self) -> list[Any]:
         """The members `add` gave this pool that are not its own tasks."""
-        # And its own tasks not started yet: on no queue, so Pool.kill and join must
-        # see them among the added ones.
+        # And its own tasks not started yet, or waiting for their time (start_later): on
+        # no queue, so Pool.kill and join must see them among the added ones.
         return [
             member
             for member in self._members
@@ -580,6 +614,7 @@ class GeventPoolMixin:
                 isinstance(member, _Task)
                 and member._pool is self
                 and member._state is not _UNSTARTED
+                and member._state is not _LATER
             )
         ]
 
@@ -600,7 +635,11 @@ class GeventPoolMixin:
         """For `Pool.kill`: kill the members `add` gave this pool that are not its own
         tasks (greenlets, other pools' tasks), without waiting; return them."""
         added = self._added_members()
+        membership = self._membership_or_none
+        dying = set() if membership is None else membership.dying
         for member in added:
+            if member in dying:
+                continue  # killone killed it: not again
             kill = getattr(member, "kill", None)
             if kill is not None:
                 kill(exception, block=False)

@@ -137,8 +137,11 @@ def report_failure(
             hub.handle_error(context, type(exc), exc, exc.__traceback__)
             return
         try:
-            # In the task's own context, so a handler that logs sees the task's request id.
-            ctx.run(_call_handler, handler, failed, ctx, exc)
+            # In a copy of the task's context, so a handler that logs sees the task's request
+            # id. A copy: the context itself may be entered meanwhile, if the handler yields
+            # (a task killed while queued is reported from the killer, and a worker that
+            # skips it enters its context), and a context can be entered only once at a time.
+            ctx.copy().run(_call_handler, handler, failed, ctx, exc)
         except GreenletExit:
             raise  # the worker was killed while in the handler: it ends, as in a task
         except BaseException as handler_exc:  # noqa: BLE001 - a handler must never kill its worker

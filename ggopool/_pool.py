@@ -42,6 +42,7 @@ from ggopool._worker import (
     Worker,
     aim_kill,
     at_a_later_turn,
+    in_aimed_task,
     loop_watch,
     work,
 )
@@ -80,19 +81,23 @@ def _new_hand_over_lock() -> None:
     _hand_over_lock = allocate_lock()
 
 
-def _kill_worker(worker: Worker, exception: object) -> None:
-    """Pool.kill's blow to one worker (a loop callback in the hub), thrown once: a worker
-    inside a task gets ``exception`` there and leaves after that task, however it ends;
-    any other (parked, starting, woken) gets the plain exit, reported nowhere. A worker
-    already leaving after an earlier kill is not hit again, as gevent's Group.kill
-    does not hit a dying greenlet twice."""
+def _kill_worker(worker: Worker, exception: object, in_task: bool) -> None:
+    """Pool.kill's blow to one worker (a loop callback in the hub), thrown once.
+
+    ``in_task``: the worker was inside a task when kill was called, and was aimed then
+    (`aim_kill`): that task gets ``exception`` if it still runs, and the worker leaves
+    after it, however it ends; a task queued after the kill is never hit. Any other
+    worker (parked, starting, woken, yielding) gets the plain exit, reported nowhere; one
+    woken since for a task queued after the kill runs it, then leaves.
+    """
     if worker.dead:
         return
-    state = worker.state
-    if state is RUNNING:
+    if in_task:
+        if in_aimed_task(worker):
+            worker.throw(as_exception(exception))
+    elif worker.state is RUNNING:
         aim_kill(worker)
-        worker.throw(as_exception(exception))
-    elif state is not LEAVING:
+    elif worker.state is not LEAVING:
         worker.throw(GreenletExit)
 
 
@@ -634,20 +639,24 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
             raise TypeError(f"block must be a bool, got {block!r}")
         counts = self._counts
         tasks = self._tasks
-        # Queued entries: those cancelled before are counted as cancelled already and
-        # gave their slot back then; the others are cancelled now.
+        # Every part of the pool's state changes first, and the killed tasks are reported
+        # last: a report may run a panic handler that yields, and whatever runs meanwhile
+        # finds the queue empty and each killed task marked.
+        queued = [dropped(fn) for fn in itertools.islice(tasks, 1, None, SLOTS)]
+        tasks.clear()
+        # Entries cancelled before are counted as cancelled already and gave their slot
+        # back then; the others are cancelled now.
+        killed: list[Task[Any]] = []
         already = 0
-        for fn in itertools.islice(tasks, 1, None, SLOTS):
-            fn = dropped(fn)  # an instrument's entry: they hear of it
+        for fn in queued:
             if is_task_runner(fn, self):
                 if fn.__self__.cancelled():
                     already += 1
                 else:
-                    fn.__self__._mark_killed(exception)
-        newly = len(tasks) // SLOTS - already
+                    killed.append(fn.__self__)
+        newly = len(queued) - already
         counts.cancelled_queued -= already
         counts.dropped += newly + already
-        tasks.clear()
         if self._slots is not None:
             for _ in range(newly):
                 self._slots.release()
@@ -662,19 +671,30 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         self._awaiting.clear()
         for _, fn, _, _ in handed:
             if is_task_runner(fn, self):
-                fn.__self__._mark_killed(exception)  # type: ignore[attr-defined]
+                killed.append(fn.__self__)  # type: ignore[attr-defined]
         self._submitted += len(handed)
         counts.dropped += len(handed)
         counts.cancelled += newly + len(handed)
+        reports = [task._set_killed(exception) for task in killed]
+        current = getcurrent()
+        dying = self._dying_workers()
         greenlets = list(self._greenlets)
         for worker in greenlets:
+            if worker is current or worker.state is LEAVING:
+                continue  # the caller: it gets the exception below; or hit by an earlier kill
+            in_task = worker.state is RUNNING
+            if in_task:
+                aim_kill(worker)  # now: it leaves after this task, and takes no other
+                if worker in dying:
+                    continue  # its task was killed by killone: not hit again, as in gevent
             # Scheduled after the callbacks that start new workers, so each has started.
-            self._hub.loop.run_callback(_kill_worker, worker, exception)
+            self._hub.loop.run_callback(_kill_worker, worker, exception, in_task)
         added = self._kill_added_members(exception)
-        current = getcurrent()
+        for task, report in zip(killed, reports, strict=True):
+            task._report_kill(report)
         if current in self._greenlets:
             # Killed from one of its own tasks: the calling task ends with the exception
-            # now, and its worker after it (its callback above finds it leaving).
+            # now, and its worker after it.
             aim_kill(current)  # a Worker: it is in _greenlets
             raise as_exception(exception)
         if not block:

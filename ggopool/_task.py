@@ -9,7 +9,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from types import TracebackType
+from types import MethodType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from gevent import Timeout, get_hub
@@ -18,7 +18,7 @@ from greenlet import GreenletExit, getcurrent
 from greenlet import greenlet as RawGreenlet
 
 from ggopool._config import check_timeout
-from ggopool._describe import describe_call
+from ggopool._describe import describe_call, short_repr
 from ggopool._errors import TaskCancelled
 
 if TYPE_CHECKING:
@@ -45,6 +45,10 @@ T = TypeVar("T", covariant=True)
 _LATER, _PENDING, _RUNNING, _DONE, _CANCELLED = "later", "pending", "running", "done", "cancelled"
 #: Made by `Pool.task` and not started yet: not queued until `Task.start`.
 _UNSTARTED = "unstarted"
+
+
+#: What `Task._set_killed` leaves to report: the exception and the task's context.
+_KillReport = tuple[BaseException, "contextvars.Context | None"]
 
 
 def _check_wait_timeout(timeout: object) -> float | Timeout | None:
@@ -191,7 +195,7 @@ class Task(_TaskBase, Generic[T]):
         self._later: Any = None  # spawn_later's timer, while the task waits for its time
 
     def __repr__(self) -> str:
-        name = "" if self._name is None else f" {self._name!r}"
+        name = "" if self._name is None else f" {short_repr(self._name)}"  # never raises
         call = describe_call(self._fn, self._args, self._kwargs)  # never raises
         pool = self._pool.name  # a str, checked when the pool was made
         return f"<ggopool.Task{name} of pool {pool!r} {self._state} at {id(self):#x}: {call}>"
@@ -544,17 +548,32 @@ class Task(_TaskBase, Generic[T]):
         """The handle's side of a kill before it ran: it will never run, and its outcome
         is ``exception`` (a GreenletExit as its value), as for a greenlet killed before it
         started."""
+        self._report_kill(self._set_killed(exception))
+
+    def _set_killed(self, exception: object) -> _KillReport | None:
+        """`_mark_killed` without its report: what is still to report, or None.
+
+        `Pool.kill` marks every queued task first and reports after, because a report may
+        run a panic handler that yields, and nothing may find a task it kills half-killed
+        meanwhile."""
         exc = as_exception(exception)
         self._state = _CANCELLED
-        ctx, args, kwargs = self._ctx, self._args, self._kwargs
         if isinstance(exc, GreenletExit):
             self._set_outcome(exc, None, None)
-            return
+            return None
+        ctx = self._ctx  # the outcome drops it; the report runs the handler in it
+        # A spawned task keeps its arguments for the report (which forgets them).
         self._set_outcome(None, exc, exc.__traceback__, keep_call=self._spawned)
-        if self._spawned:
+        return (exc, ctx) if self._spawned else None
+
+    def _report_kill(self, report: _KillReport | None) -> None:
+        """Report a spawned task killed before it ran (`_set_killed`'s report) as gevent
+        reports a greenlet killed so: as if it had raised the exception. Never raises."""
+        if report is not None:
             from ggopool._panic import report_task_failure  # _panic imports this module
 
-            report_task_failure(self, ctx, args, kwargs, exc)
+            exc, ctx = report
+            report_task_failure(self, ctx, self._args, self._kwargs, exc)
 
     # -- spawn_later ---------------------------------------------------------------------
 
@@ -716,4 +735,8 @@ class Task(_TaskBase, Generic[T]):
 def is_task_runner(fn: object, pool: Pool) -> bool:
     """Whether a queued callable is the runner of a `Task` submitted to ``pool`` (and not,
     say, ``pool.go(task.kill)``, another bound method of a Task)."""
-    return getattr(fn, "__func__", None) is Task._run and fn.__self__._pool is pool  # type: ignore[attr-defined]
+    # type() first: a proxy's __getattr__ (werkzeug's LocalProxy outside its context) may
+    # raise anything, and this runs in reports, kills and a forked child's reset.
+    return (
+        type(fn) is MethodType and fn.__func__ is Task._run and fn.__self__._pool is pool  # type: ignore[attr-defined]
+    )

@@ -155,6 +155,8 @@ def _run(pool: Pool, me: Worker, generation: int) -> None:
                 except GreenletExit:
                     raise
                 except BaseException as exc:  # noqa: BLE001 - no task may end its worker
+                    if local_state and me.state is LEAVING:
+                        task_ended(me)  # its report may yield: a kill's blow must miss it
                     counts.failed += 1
                     counts.reporting += 1  # done: no longer running while its report runs
                     try:
@@ -163,6 +165,7 @@ def _run(pool: Pool, me: Worker, generation: int) -> None:
                         counts.reporting -= 1
                 if local_state:
                     if me.state is LEAVING:
+                        task_ended(me)
                         return  # a Pool.kill was aimed at this task, which has ended
                     clear_locals(me)  # the next task starts with none, as in a new greenlet
                 if pool._workers > pool._cap and pool._generation == generation:
@@ -197,6 +200,21 @@ def aim_kill(worker: Worker) -> None:
 
 #: The mark `aim_kill` leaves in a worker's ``__dict__``.
 _LEAVING_MARK = "ggopool_leaving"
+
+
+def task_ended(worker: Worker) -> None:
+    """The task a kill was aimed at (`aim_kill`) has ended: the worker only leaves now
+    (reporting the task's failure first, perhaps), and a blow still on its way misses."""
+    worker.__dict__[_LEAVING_MARK] = _TASK_ENDED
+
+
+def in_aimed_task(worker: Worker) -> bool:
+    """Whether ``worker`` still runs the task `aim_kill` was aimed at."""
+    return worker.__dict__.get(_LEAVING_MARK) is True
+
+
+#: `_LEAVING_MARK`'s value once the aimed-at task has ended.
+_TASK_ENDED = "task ended"
 
 
 class LoopWatch:
