@@ -574,17 +574,21 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
 
         With ``raise_error``, then raise the exception of one of the pool's members at the
         time of the call (see `spawn`) that failed, as gevent's ``join`` does.
-        Called from one of the pool's own tasks it would wait for itself: RuntimeError.
+
+        Called from one of the pool's own tasks, it waits for itself: as gevent's, it
+        waits out ``timeout`` and returns False (``server.stop(timeout)`` in a handler
+        waits so, then kills the connections); with no ``timeout`` it would wait forever,
+        so it raises RuntimeError instead.
         """
         timeout = check_timeout(timeout)
         members = list(self._members) if raise_error else []
         started = time.monotonic()
         if self._is_quiet():
             quiet = True
-        elif getcurrent() in self._greenlets:
+        elif timeout is None and getcurrent() in self._greenlets:
             raise RuntimeError(
-                f"cannot join pool {self._name!r} from one of its own tasks: "
-                "it would wait for itself"
+                f"cannot join pool {self._name!r} from one of its own tasks without a "
+                "timeout: it would wait for itself forever"
             )
         else:
             if self._quiet is None:

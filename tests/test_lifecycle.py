@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -531,7 +532,7 @@ def test_stats_counts_every_outcome(hub_errors: HubErrors) -> None:
         s.cap = 3  # type: ignore[misc]
 
 
-def test_join_from_one_of_its_own_tasks_is_a_runtime_error() -> None:
+def test_join_from_one_of_its_own_tasks_without_a_timeout_is_a_runtime_error() -> None:
     pool = ggopool.new_pool("t", 2)
 
     def joins_its_own_pool() -> None:
@@ -540,9 +541,27 @@ def test_join_from_one_of_its_own_tasks_is_a_runtime_error() -> None:
     task = pool.submit(joins_its_own_pool)
     with pytest.raises(
         RuntimeError,
-        match=r"^cannot join pool 't' from one of its own tasks: it would wait for itself$",
+        match=r"^cannot join pool 't' from one of its own tasks without a timeout: "
+        r"it would wait for itself forever$",
     ):
         task.get(timeout=5)
+
+
+def test_join_from_one_of_its_own_tasks_waits_out_its_timeout_as_gevents() -> None:
+    pool = ggopool.new_pool("t", 2)
+    other = Event()
+    pool.go(other.wait)
+
+    def joins_its_own_pool() -> tuple[bool, bool]:
+        started = time.monotonic()
+        quiet = pool.join(0.05)
+        return quiet, time.monotonic() - started >= 0.05
+
+    # gevent's Group.join from a member waits for every member, itself included: it
+    # returns only as the timeout passes, even once the others are done.
+    other.set()
+    assert pool.submit(joins_its_own_pool).get(timeout=5) == (False, True)
+    assert pool.join(5)
 
 
 @pytest.mark.parametrize(

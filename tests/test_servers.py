@@ -135,6 +135,43 @@ def test_stop_waits_for_connections_then_kills_them(
         s.close()
 
 
+def test_stop_called_in_a_handler_waits_for_then_kills_the_others_and_itself() -> None:
+    # An admin endpoint that stops its own server, as with gevent's pool: stop() waits out
+    # its timeout (the calling connection is a member too), kills the other connections,
+    # and the calling handler ends with the GreenletExit of that kill.
+    pool = ggopool.new_pool("connections", 4, WAITS)
+    hanging = Handlers()
+    outcome: list[str] = []
+
+    def handle(sock: socket.socket, address: Any) -> None:
+        if sock.recv(4) != b"stop":
+            hanging(sock, address)
+            return
+        try:
+            server.stop(timeout=0.2)
+            outcome.append("returned")
+        except GreenletExit:
+            outcome.append("GreenletExit")
+            raise
+
+    server = StreamServer(("127.0.0.1", 0), handle, spawn=serving(pool))
+    server.start()
+    held = connect(server.server_port)
+    held.sendall(b"hold")
+    hanging.wait_for(lambda: hanging.entered == 1, "a held connection in")
+    stopper = connect(server.server_port)
+    started = time.monotonic()
+    stopper.sendall(b"stop")
+    assert pool.join(5) is True  # the kill ended both connections
+    assert time.monotonic() - started >= 0.2
+    assert outcome == ["GreenletExit"]
+    assert hanging.exits == ["killed"]
+    assert server.closed
+    assert len(pool) == 0
+    for sock in (held, stopper):
+        sock.close()
+
+
 def test_stop_returns_once_connections_end_before_the_timeout(
     stream: tuple[StreamServer, Handlers, ggopool.Pool],
 ) -> None:
