@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import sys
 import time
@@ -77,6 +78,29 @@ class _Membership:
             n = len(self.tasks)
             if n == cap - 1 or (cap_changed and n < cap):
                 signal._schedule()
+
+
+class _WaitingThread:
+    """A thread blocked in `spawn` until its task is queued or refused: told once, by
+    whichever comes first (the greenlet that queues it, or the exit drain's refusal)."""
+
+    __slots__ = ("_claimed", "failed", "told")
+
+    def __init__(self) -> None:
+        self.failed: BaseException | None = None
+        self.told = _allocate_lock()  # released when the thread may go on
+        self.told.acquire()
+        self._claimed = _allocate_lock()  # acquired by the one who tells
+
+    def claim(self) -> bool:
+        """True for the first caller only (from any thread)."""
+        return bool(self._claimed.acquire(blocking=False))
+
+    def tell(self, exc: BaseException) -> None:
+        """The thread raises ``exc``, unless it was told already."""
+        if self.claim():
+            self.failed = exc
+            self.told.release()
 
 
 class RoomSignal:
@@ -188,9 +212,12 @@ class GeventPoolMixin:
         _config: Config
         _greenlets: set[Worker]
         _ident: int
+        _waiting_threads: set[_WaitingThread]
 
         def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]: ...
         def _queue(self, task: Entry) -> None: ...
+        def _accept(self, task: Entry) -> None: ...
+        def _accepting_from_any_thread(self) -> contextlib.AbstractContextManager[None]: ...
 
     # The members' one owner: made when the pool first has one (None until then).
     __slots__ = ("_membership_or_none",)
@@ -418,40 +445,58 @@ class GeventPoolMixin:
     ) -> Task[T]:
         """`_spawn` with waiting, from another thread: the members belong to the pool's
         thread, so a greenlet there waits for room and queues the task, while this thread
-        blocks on a real lock until it has (or has failed to, whose exception it raises)."""
+        blocks on a real lock until it has (or has failed to, whose exception it raises).
+
+        After the exit drain the hub never runs again: a thread still waiting then gets
+        PoolClosed (see `_refuse_waiting_threads`), and one that comes later gets it at once."""
         task: Task[T] = _Task(cast("Pool", self), fn, args, kwargs, contextvars.copy_context())
         task._spawned = report
-        queued = _allocate_lock()
-        queued.acquire()
-        failed: list[BaseException] = []
-        self._hub.loop.run_callback_threadsafe(
-            spawn_raw, self._queue_when_room, task, queued, failed
-        )
-        queued.acquire()  # blocks this thread only
-        if failed:
-            raise failed[0]
+        waiter = _WaitingThread()
+        with self._accepting_from_any_thread():
+            self._waiting_threads.add(waiter)  # seen by the refusal from now on
+        self._hub.loop.run_callback_threadsafe(spawn_raw, self._queue_when_room, task, waiter)
+        waiter.told.acquire()  # blocks this thread only
+        if waiter.failed is not None:
+            raise waiter.failed
         return task
 
-    def _queue_when_room(self, task: Task[Any], queued: Any, failed: list[BaseException]) -> None:
+    def _queue_when_room(self, task: Task[Any], waiter: _WaitingThread) -> None:
         # In a greenlet of the pool's thread, for _spawn_from_thread.
         try:
             self._wait_for_room(True, None)
-            self._enqueue(task)
+            if waiter.claim():  # not refused meanwhile
+                try:
+                    self._enqueue(task)
+                except BaseException as exc:  # noqa: BLE001 - raised in the waiting thread
+                    waiter.failed = exc
+                waiter.told.release()
         except BaseException as exc:  # noqa: BLE001 - raised in the waiting thread instead
-            failed.append(exc)
+            waiter.tell(exc)
         finally:
-            queued.release()
+            self._waiting_threads.discard(waiter)
 
-    def _enqueue(self, task: Task[Any]) -> None:
-        """Queue a member task made by `_spawn` (or by ``spawn_later``, or started)."""
+    def _refuse_waiting_threads(self, exc: BaseException) -> None:
+        """The exit drain has run: every thread still waiting in `spawn` for room gets
+        ``exc`` (PoolClosed), its task never queued."""
+        for waiter in list(self._waiting_threads):
+            waiter.tell(exc)
+
+    def _enqueue(self, task: Task[Any], accepted: bool = False) -> None:
+        """Queue a member task made by `_spawn` (or by ``spawn_later``, or started).
+        ``accepted``: accepted before (a ``spawn_later`` task whose time has come), so never
+        refused now, as `Pool._accept` does."""
         ctx = task._ctx
         assert ctx is not None  # a task holds its context until it is done
         # A member before it is queued: queued from another thread, it may run (and its
         # hooks with it) on the pool's thread at once. One `add` gave already stays one.
         if task not in self._members:
             self._track(task)
+        entry = (ctx, task._run, (task._args, task._kwargs), NO_KWARGS)
         try:
-            self._queue((ctx, task._run, (task._args, task._kwargs), NO_KWARGS))
+            if accepted:
+                self._accept(entry)
+            else:
+                self._queue(entry)
         except BaseException:
             self._membership().left(task)  # refused (a closed pool): never a member
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import itertools
 import os
@@ -9,7 +10,7 @@ import sys
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -73,6 +74,17 @@ def refuse_hand_overs() -> None:
     global _hand_overs_refused_in
     with _hand_over_lock:
         _hand_overs_refused_in = os.getpid()
+        pools = list(all_pools)
+    # The threads already waiting in a pool's spawn() for room would wait forever.
+    for pool in pools:
+        pool._refuse_waiting_threads(_refused_at_exit(pool.name))
+
+
+def _refused_at_exit(name: str) -> PoolClosed:
+    return PoolClosed(
+        f"pool {name!r} accepts no tasks from other threads: the interpreter is exiting "
+        "and its exit drain has run"
+    )
 
 
 def _new_hand_over_lock() -> None:
@@ -193,6 +205,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         "_threshold_slots",
         "_threshold_slots_before",
         "_to_start",
+        "_waiting_threads",
         "_workers",
     )
 
@@ -272,6 +285,8 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         # that wait for a slot of a bounded pool.
         self._inbox: deque[Entry] = deque()
         self._awaiting: list[list[Entry | None]] = []  # each waits in its own greenlet
+        # Threads blocked in spawn() until their task is queued (the gevent surface's).
+        self._waiting_threads: set[Any] = set()
         self._quiet: Event | None = None  # set when nothing is queued or running (join)
         self._exited: Event | None = None  # set when a worker ends (kill)
         self._submitted = 0
@@ -493,27 +508,46 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         # deque.append is atomic, so threads may add to the inbox at once; until the hub
         # takes a task from it, join() and stats() count it as pending.
         with _hand_over_lock:
-            if _hand_overs_refused_in == os.getpid():
-                raise PoolClosed(
-                    f"pool {self._name!r} accepts no tasks from other threads: the "
-                    "interpreter is exiting and its exit drain has run"
-                )
+            self._refuse_after_exit_drain()
             self._inbox.append(task)
         self._hub.loop.run_callback_threadsafe(self._accept_handed_over)
 
+    def _refuse_after_exit_drain(self) -> None:
+        """Raise PoolClosed once the exit drain has run in this process (the hub will not
+        run again). Called holding `_hand_over_lock`, so that no hand-over slips in between
+        the drain's last look and the refusal."""
+        if _hand_overs_refused_in == os.getpid():
+            raise _refused_at_exit(self._name)
+
+    @contextlib.contextmanager
+    def _accepting_from_any_thread(self) -> Iterator[None]:
+        """Around accepting work that the hub will start later (a ``spawn_later`` task):
+        from another thread, refused with PoolClosed after the exit drain, as a hand-over
+        is; what the block accepted is visible to the drain's last look."""
+        if _get_ident() == self._ident:
+            yield
+            return
+        with _hand_over_lock:
+            self._refuse_after_exit_drain()
+            yield
+
     def _accept_handed_over(self) -> None:
-        # Runs in the hub. The caller's thread was told its task was accepted, so it is
-        # never refused now (not even by a close() since): in a bounded pool with no
-        # free slot, a greenlet waits for one on its behalf.
+        # Runs in the hub.
         inbox = self._inbox
         while inbox:
-            task = inbox.popleft()
-            if self._slots is not None and not self._slots.acquire(blocking=False):
-                waiting: list[Entry | None] = [task]
-                self._awaiting.append(waiting)
-                spawn_raw(self._admit_handed_over, waiting)
-            else:
-                self._push(task)
+            self._accept(inbox.popleft())
+
+    def _accept(self, task: Entry) -> None:
+        """Queue a task accepted before (handed over from another thread, or a
+        ``spawn_later`` task whose time has come). Its caller was told it was accepted, so
+        it is never refused now (not even by a close() since): in a bounded pool with no
+        free slot, a greenlet waits for one on its behalf."""
+        if self._slots is not None and not self._slots.acquire(blocking=False):
+            waiting: list[Entry | None] = [task]
+            self._awaiting.append(waiting)
+            spawn_raw(self._admit_handed_over, waiting)
+        else:
+            self._push(task)
 
     def _admit_handed_over(self, waiting: list[Entry | None]) -> None:
         slots = self._slots
@@ -602,7 +636,8 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         return quiet
 
     def close(self) -> None:
-        """Accept no new tasks; what is queued still runs. ``go``/``submit`` raise
+        """Accept no new tasks; what is queued still runs, and so does a ``spawn_later``
+        task accepted before, when its time comes. ``go``/``submit`` raise
         `PoolClosed` from now on. Parked workers exit now, the rest when the queue is
         empty. Closing twice is harmless."""
         if self._closed:

@@ -578,12 +578,16 @@ class Task(_TaskBase, Generic[T]):
     # -- spawn_later ---------------------------------------------------------------------
 
     def _queue_later(self, seconds: float) -> None:
-        """Queue the task on its pool in ``seconds`` (``ggopool.spawn_later``)."""
-        self._state = _LATER
-        # Accepted work from now on: the drain waits for it (or reports it) and a forked
-        # child leaves it to the parent. One step under the GIL, from any thread.
-        self._pool._later[self] = time.monotonic() + seconds
-        self._pool._in_own_thread(self._start_later, seconds)
+        """Queue the task on its pool in ``seconds`` (``ggopool.spawn_later``). From
+        another thread after the exit drain: PoolClosed, and the task stays as it was."""
+        pool = self._pool
+        with pool._accepting_from_any_thread():
+            # Accepted work from now on: the drain waits for it (or reports it), a forked
+            # child leaves it to the parent, and a close() before its time does not
+            # refuse it.
+            pool._later[self] = time.monotonic() + seconds
+            self._state = _LATER
+        pool._in_own_thread(self._start_later, seconds)
 
     def _start_later(self, seconds: float) -> None:
         if self._state is not _LATER:
@@ -599,10 +603,12 @@ class Task(_TaskBase, Generic[T]):
             return
         self._state = _PENDING
         try:
-            self._pool._enqueue(self)
-        except BaseException as exc:  # noqa: BLE001 - a closed pool: the task fails with it
+            self._pool._enqueue(self, accepted=True)
+        except BaseException as exc:  # noqa: BLE001 - its caller is gone: report, as a failure
             self._state = _DONE
-            self._set_outcome(None, exc, exc.__traceback__)
+            ctx = self._ctx
+            self._set_outcome(None, exc, exc.__traceback__, keep_call=self._spawned)
+            self._report_kill((exc, ctx) if self._spawned else None)
 
     def _stop_later(self) -> None:
         timer, self._later = self._later, None

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import types
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -18,7 +19,7 @@ import pytest
 from gevent.event import Event
 
 import ggopool
-from ggopool import _shutdown
+from ggopool import Config, _shutdown
 from tests.conftest import HubErrors
 
 REPORT = "ggopool: pool {!r}: {} tasks unfinished ({} queued, {} running) "
@@ -441,8 +442,20 @@ def test_at_exit_a_spawn_later_task_runs_if_due_within_the_deadline_else_is_logg
 # -- after the exit drain, another thread's go() is refused, not lost ----------------------
 
 
-def test_after_the_exit_drain_a_go_from_another_thread_raises_pool_closed() -> None:
-    pool = ggopool.new_pool("after-exit", 1)
+HAND_OVERS: dict[str, Callable[[ggopool.Pool], object]] = {
+    "go": lambda pool: pool.go(lambda: None),
+    "submit": lambda pool: pool.submit(lambda: None),
+    "spawn, waiting for room": lambda pool: pool.spawn(lambda: None),
+    "spawn_later": lambda pool: ggopool.spawn_later(0, lambda: None),
+    "start_later": lambda pool: pool.task(lambda: None).start_later(0),
+}
+
+
+@pytest.mark.parametrize("hand_over", HAND_OVERS.values(), ids=HAND_OVERS.keys())
+def test_after_the_exit_drain_a_hand_over_from_another_thread_raises_pool_closed(
+    hand_over: Callable[[ggopool.Pool], object],
+) -> None:
+    pool = ggopool.new_pool("after-exit", 1, Config(spawn_waits_when_full=True))
     ggopool.set_exit_drain(5)
     _shutdown._exit_drained_pid = None
     _shutdown.exit_drain()
@@ -450,7 +463,7 @@ def test_after_the_exit_drain_a_go_from_another_thread_raises_pool_closed() -> N
 
     def other_thread() -> None:
         try:
-            pool.go(lambda: None)
+            hand_over(pool)
         except BaseException as exc:  # noqa: BLE001 - the test checks it
             errors.append(exc)
 
@@ -459,15 +472,58 @@ def test_after_the_exit_drain_a_go_from_another_thread_raises_pool_closed() -> N
     t.join(10)
     [exc] = errors
     assert isinstance(exc, ggopool.PoolClosed)
-    assert str(exc) == (
-        "pool 'after-exit' accepts no tasks from other threads: the interpreter is exiting "
+    assert str(exc) in (
+        f"pool {name!r} accepts no tasks from other threads: the interpreter is exiting "
         "and its exit drain has run"
+        for name in ("after-exit", "ggopool.DefaultPool")
     )
     assert pool.stats().submitted == 0  # nothing accepted
+    assert not ggopool.default_pool()._later  # nor waiting for its time
     ran: list[int] = []
     pool.go(ran.append, 1)  # the pool's own thread still queues
     assert pool.join(5)
     assert ran == [1]
+
+
+THREAD_WAITING_AT_EXIT = """
+import sys, threading, time
+import gevent
+import ggopool
+from ggopool import Config
+
+pool = ggopool.new_pool("full", 1, Config(spawn_waits_when_full=True))
+holder = gevent.spawn(gevent.sleep, 60)  # a member that outlives the script
+pool.add(holder)
+
+
+def waits_for_room():
+    try:
+        pool.spawn(print, "never")
+    except ggopool.PoolClosed as exc:
+        print("refused:", exc)
+
+
+threading.Thread(target=waits_for_room).start()
+deadline = time.monotonic() + 10
+while not pool._waiting_threads and time.monotonic() < deadline:
+    time.sleep(0.001)  # until the thread waits in spawn() (the script ends right after)
+assert pool._waiting_threads
+gevent.idle()  # its greenlet waits for room in the hub too
+"""
+
+
+def test_a_thread_waiting_in_spawn_for_room_at_exit_is_refused_and_the_exit_ends() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", THREAD_WAITING_AT_EXIT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == (
+        "refused: pool 'full' accepts no tasks from other threads: the interpreter is "
+        "exiting and its exit drain has run\n"
+    )
 
 
 THREAD_AFTER_EXIT = """

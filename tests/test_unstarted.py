@@ -194,3 +194,39 @@ def test_an_added_task_started_later_counts_once() -> None:
     gevent.idle()
     assert len(pool) == 0
     pool.close()
+
+
+def test_a_task_waiting_in_start_later_runs_even_if_its_pool_closes_before_its_time() -> None:
+    # Accepted work: close() refuses new tasks, and what was accepted still runs.
+    pool = ggopool.new_pool("closes-first", 1)
+    ran: list[str] = []
+    task = pool.task(ran.append, "later")
+    task.start_later(0.05)
+    pool.close()
+    assert task.get(timeout=5) is None
+    assert ran == ["later"]
+    stats = pool.stats()
+    assert (stats.completed, stats.rejected) == (1, 0)
+
+
+def test_a_spawn_later_task_due_on_a_full_bounded_pool_waits_for_room_and_runs() -> None:
+    # Its caller was told it was accepted long ago: a full max_pending queue delays it,
+    # never refuses it.
+    pool = ggopool.new_pool("bounded", 1, Config(max_pending=1))
+    held = Event()
+    pool.go(held.wait)
+    gevent.idle()
+    pool.go(lambda: None)  # the one queue place is taken
+    ran: list[str] = []
+    task = pool.task(ran.append, "later")
+    task.start_later(0)
+    for _ in range(1000):  # its time comes (the next turn of the loop) while it is full
+        if pool.stats().pending == 2:
+            break
+        gevent.sleep(0.001)
+    assert pool.stats().pending == 2  # one queued, one waiting for a place
+    assert not task.ready()
+    held.set()
+    assert task.get(timeout=5) is None
+    assert ran == ["later"]
+    assert pool.stats().rejected == 0
