@@ -279,7 +279,7 @@ def exit_drain(limit: float | None = None, budget: float | None = None) -> None:
 
     ``budget``: the seconds left before the process is killed, which a server that knows
     its grace period passes: the deadline unless `set_exit_drain` chose one, and a limit."""
-    global _exit_drained_pid
+    global _exit_drained_pid, _after_exit_drain
     pid = os.getpid()
     if _exit_drained_pid == pid:
         return
@@ -308,12 +308,41 @@ def exit_drain(limit: float | None = None, budget: float | None = None) -> None:
             # is left of the deadline, or reported.
             refuse_hand_overs()
         if any(pool._in_flight() for pool in _pools_of_this_thread()):
-            left = math.inf if math.isinf(deadline) else deadline - (time.monotonic() - started)
-            _drain(
-                None if math.isinf(left) else max(0.0, left),
-                "abandoned at exit",
-                "; Ctrl-C to abandon them",
-            )
+            _drain(_left(deadline, started), "abandoned at exit", "; Ctrl-C to abandon them")
+    except BaseException:  # noqa: BLE001 - reported by _drain; the exit goes on
+        pass
+    finally:
+        _after_exit_drain = (pid, deadline, started, _accepted_here())
+
+
+def _left(deadline: float, started: float) -> float | None:
+    """What is left of the exit drain's ``deadline`` (None: no limit)."""
+    if math.isinf(deadline):
+        return None
+    return max(0.0, deadline - (time.monotonic() - started))
+
+
+def _accepted_here() -> int:
+    """Tasks this thread's pools have accepted so far (queued, or waiting for their time)."""
+    return sum(pool._submitted + len(pool._later) for pool in _pools_of_this_thread())
+
+
+#: After the exit drain in this process: its pid, deadline, start and `_accepted_here()`.
+_after_exit_drain: tuple[int, float, float, int] | None = None
+
+
+def _last_look() -> None:
+    """atexit, after the application's atexit callbacks that ggopool's import preceded: a
+    task one of them queued (``go()`` to flush a buffer, say) runs within what is left of
+    the exit drain's deadline, or is logged as abandoned, instead of being lost silently.
+    Never raises."""
+    after = _after_exit_drain
+    if after is None or after[0] != os.getpid():
+        return  # no exit drain here, or it was turned off
+    _, deadline, started, accepted = after
+    try:
+        if _accepted_here() > accepted:
+            _drain(_left(deadline, started), "abandoned at exit", "; Ctrl-C to abandon them")
     except BaseException:  # noqa: BLE001 - reported by _drain; the exit goes on
         pass
 
@@ -336,3 +365,6 @@ def _register(callback: Callable[[], None]) -> None:
 
 
 _register(exit_drain)
+# atexit runs its callbacks last registered first: this one after those registered after
+# ggopool was imported.
+atexit.register(_last_look)

@@ -75,6 +75,7 @@ def exit_drain_as_shipped() -> Iterator[None]:
     deadline, drained = _shutdown._exit_deadline, _shutdown._exit_drained_pid
     yield
     _shutdown._exit_deadline, _shutdown._exit_drained_pid = deadline, drained
+    _shutdown._after_exit_drain = None
     _pool._hand_overs_refused_in = None
 
 

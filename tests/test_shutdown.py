@@ -7,6 +7,7 @@ import atexit
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -575,3 +576,29 @@ def test_a_thread_handing_tasks_over_while_the_interpreter_exits_loses_none(
     with open(log) as f:
         ran = sorted(int(line) for line in f)
     assert ran == list(range(int(accepted)))  # every accepted task ran, once
+
+
+ATEXIT_GO = """
+import atexit
+import gevent
+import ggopool
+
+ggopool.set_exit_drain(0.5)
+# atexit runs these first (last registered, first run), then ggopool's last look.
+atexit.register(ggopool.go, gevent.sleep, 60)
+atexit.register(ggopool.go, print, "queued by an atexit callback")
+"""
+
+
+def test_a_task_queued_by_an_atexit_callback_runs_or_is_logged() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", ATEXIT_GO], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "queued by an atexit callback\n"
+    # After what was left of the 0.5 s deadline once the exit drain had run.
+    assert re.fullmatch(
+        r"ggopool: pool 'ggopool.DefaultPool': 1 tasks abandoned at exit \(0 queued, 1 running\) "
+        r"after the 0\.[0-5] s deadline\n",
+        out.stderr,
+    ), out.stderr
