@@ -37,6 +37,7 @@ import contextlib
 import weakref
 from collections import deque
 from collections.abc import Callable
+from contextvars import Context
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +114,8 @@ def work(pool: Pool, me: Worker, generation: int) -> None:
         if pool._generation == generation:
             report_worker_failure(pool, exc)
     finally:
+        if me.state is LEAVING:
+            task_ended(me)  # the task Pool.kill was aimed at has ended: a blow must miss
         if pool._generation == generation:
             pool._worker_left(me)
             instruments = pool._instruments
@@ -127,7 +130,6 @@ def _run(pool: Pool, me: Worker, generation: int) -> None:
     # queue; the others take a task's first slot with a plain popleft and pay nothing.
     slots = pool._slots
     take = popleft if slots is None else _giving_back_a_slot(slots.release, popleft)
-    counts = pool._counts
     local_state = me.__dict__  # empty unless a task left greenlet-local state (_locals.py)
     loop = pool._hub.loop
     watch = pool._loop_watch
@@ -155,17 +157,9 @@ def _run(pool: Pool, me: Worker, generation: int) -> None:
                 except GreenletExit:
                     raise
                 except BaseException as exc:  # noqa: BLE001 - no task may end its worker
-                    if local_state and me.state is LEAVING:
-                        task_ended(me)  # its report may yield: a kill's blow must miss it
-                    counts.failed += 1
-                    counts.reporting += 1  # done: no longer running while its report runs
-                    try:
-                        report_failure(pool, ctx, fn, args, kwargs, exc)
-                    finally:
-                        counts.reporting -= 1
+                    _task_failed(pool, me, ctx, fn, args, kwargs, exc)
                 if local_state:
                     if me.state is LEAVING:
-                        task_ended(me)
                         return  # a Pool.kill was aimed at this task, which has ended
                     clear_locals(me)  # the next task starts with none, as in a new greenlet
                 if pool._workers > pool._cap and pool._generation == generation:
@@ -182,6 +176,28 @@ def _run(pool: Pool, me: Worker, generation: int) -> None:
             _no_more_turns(pool, watch)
         if not _park(pool, me, generation):
             return
+
+
+def _task_failed(
+    pool: Pool,
+    me: Worker,
+    ctx: Context,
+    fn: Callable[..., object],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    exc: BaseException,
+) -> None:
+    """Count and report a task that raised. Out of the worker loop: code there costs
+    every task (the loop's bytecode grows), and only a failure runs this."""
+    if me.state is LEAVING:
+        task_ended(me)  # its report may yield: a kill's blow must miss it
+    counts = pool._counts
+    counts.failed += 1
+    counts.reporting += 1  # done: no longer running while its report runs
+    try:
+        report_failure(pool, ctx, fn, args, kwargs, exc)
+    finally:
+        counts.reporting -= 1
 
 
 def aim_kill(worker: Worker) -> None:
