@@ -473,6 +473,56 @@ def test_a_recycled_worker_gives_its_requests_graceful_timeout_then_ends_them(
     assert KILLED not in proc.output
 
 
+#: An app whose /queue queues 10 tasks that each take a minute on a pool of cap 1, and whose
+#: other requests take a minute too (saying so on stdout when they start).
+HELD_APP = """
+    import gevent
+    import ggopool
+
+    background = ggopool.new_pool("background", 1)
+
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/queue":
+            for _ in range(10):
+                background.go(gevent.sleep, 60)
+        else:
+            print("slow request started", flush=True)
+            gevent.sleep(60)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+"""
+
+
+def test_a_request_past_graceful_timeout_still_leaves_the_drain_time_to_report(
+    tmp_path: Path,
+) -> None:
+    # The request outlasts graceful_timeout: it is ended in time for the drain to log the
+    # backlog it abandons before the master's SIGKILL, graceful_timeout after the signal.
+    (tmp_path / "held_app.py").write_text(textwrap.dedent(HELD_APP))
+    env = subprocess_env(XDG_RUNTIME_DIR=str(tmp_path))
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    args = [sys.executable, "-m", "gunicorn", *CLASS, "-w", "1", "-b", f"{LOOPBACK}:0"]
+    proc = Proc([*args, "--graceful-timeout", "4", "held_app:app"], env)
+    try:
+        url, master, [worker] = gunicorn_booted(proc, workers=1)
+        assert fetch(url, "/queue") == 200  # and the worker's signal handlers are in place
+        slow = gevent.socket.create_connection((LOOPBACK, int(url.rsplit(":", 1)[1])))
+        slow.settimeout(20)
+        slow.sendall(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+        proc.wait_for(r"slow request started", 10)
+        os.kill(master, signal.SIGTERM)
+        assert proc.wait(15) == 0, proc.output
+        slow.close()
+    finally:
+        proc.stop()
+    output = proc.output
+    assert "Worker graceful timeout" in output, output
+    assert abandoned(output) == [10], output  # 1 running, 9 queued
+    assert f"Worker exiting (pid: {worker})" in output, output
+    assert KILLED not in output
+
+
 def test_the_connection_pool_is_registered_and_in_the_prometheus_collector(
     tmp_path: Path,
 ) -> None:

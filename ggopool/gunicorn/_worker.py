@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
-import time
 from functools import partial
 from types import TracebackType
 from typing import Any
@@ -29,6 +28,10 @@ from ggopool.gunicorn import HEARTBEAT, StopClock, _set_clock
 __all__ = ["GeventWorker"]
 
 log = logging.getLogger("ggopool")
+
+#: Seconds kept, out of what graceful_timeout leaves for the requests in flight, to end the
+#: ones still running when it runs out.
+ENDING = 0.5
 
 
 class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
@@ -53,11 +56,14 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
     * A stop (SIGTERM, SIGHUP's SIGTERM, ``--max-requests``, and SIGQUIT or SIGINT too,
       which gunicorn's gevent worker treats as an exit on the spot) closes the listeners,
       closes the keep-alive connections that wait between two requests, lets the requests
-      in flight finish (up to ``graceful_timeout``, as gunicorn's gevent worker does), then
-      drains every pool of the process (`ggopool.drain`) while still sending its
-      heartbeat. The drain's deadline is what ``graceful_timeout`` leaves, less
-      `ggopool.gunicorn.MARGIN`, unless `ggopool.set_exit_drain` chose one, cut to the same
-      point; what it abandons is logged, one line per pool.
+      in flight finish, then drains every pool of the process (`ggopool.drain`) while
+      still sending its heartbeat. The requests get what ``graceful_timeout`` leaves since
+      the stop began, less `ggopool.gunicorn.MARGIN` and half a second (to end those still
+      running then), so that the drain's report comes before gunicorn's kill even when a
+      request outlasts ``graceful_timeout``. The drain's deadline is what
+      ``graceful_timeout`` leaves, less `ggopool.gunicorn.MARGIN`, unless
+      `ggopool.set_exit_drain` chose one, cut to the same point; what it abandons is
+      logged, one line per pool.
     * A second SIGQUIT or SIGINT while the worker drains ends the drain at once, logged.
       The config's ``worker_int`` hook is still called on each.
     * In gunicorn's master (``--preload`` imports the app there), tasks queued at import
@@ -97,7 +103,7 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
             for server in servers:
                 server.close()
             self._close_between_requests()
-            self._finish_requests(pool, servers)
+            self._finish_requests(pool)
         finally:
             self._drain()
 
@@ -124,15 +130,19 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
             server.max_accept = 1
         return server
 
-    def _finish_requests(self, pool: Pool, servers: list[Any]) -> None:
-        # The requests in flight finish, up to graceful_timeout, with the heartbeat going.
-        deadline = time.monotonic() + float(self.cfg.graceful_timeout)
+    def _finish_requests(self, pool: Pool) -> None:
+        # The requests in flight finish, with the heartbeat going, for what graceful_timeout
+        # leaves on the stop's clock (the main loop sees the stop up to a heartbeat late,
+        # and the master kills at graceful_timeout after the signal), less the drain's
+        # margin and the time to end them: the drain then still runs, and logs what it
+        # abandons, before the kill.
         while pool.free_count() != pool.size:
-            left = deadline - time.monotonic()
+            left = self.clock.budget(self.cfg, beating=True) - ENDING
             if left <= 0:
                 self.log.warning("Worker graceful timeout (pid:%s)", self.pid)
-                for server in servers:
-                    server.stop(timeout=1)
+                # The listeners are closed already; the connections end here, waited
+                # for no longer than ENDING (gevent's server.stop would wait 2 s each).
+                pool.kill(ENDING)
                 return
             self.notify()
             pool.join(min(HEARTBEAT, left))
