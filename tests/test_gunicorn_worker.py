@@ -448,6 +448,47 @@ def test_a_stop_closes_idle_keep_alive_connections_and_finishes_requests_in_flig
     assert KILLED not in proc.output
 
 
+@pytest.mark.parametrize("pipelined", [False, True], ids=["sent-after", "pipelined"])
+def test_a_stop_serves_a_request_whose_first_bytes_have_arrived(
+    tmp_path: Path, pipelined: bool
+) -> None:
+    # A kept-alive connection has begun its second request (half its headers sent after
+    # the first answer, or pipelined behind the first request) when the stop closes the
+    # idle connections: it is not idle, and its request is served, as with -k gevent.
+    proc, url, master = start_flask_gunicorn(tmp_path, "--keep-alive", "30")
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        # Connected first: its greenlet is first in line when the stop closes connections.
+        begun = gevent.socket.create_connection((LOOPBACK, port))
+        begun.settimeout(20)
+        idle = gevent.socket.create_connection((LOOPBACK, port))
+        idle.settimeout(20)
+        first = b"GET /state?rid=first HTTP/1.1\r\nHost: test\r\n\r\n"
+        second = b"GET /state?rid=second HTTP/1.1\r\nHost: test\r\n"
+        if pipelined:
+            begun.sendall(first + second)
+            assert b" 200 " in read_response(begun)
+        else:
+            begun.sendall(first)
+            assert b" 200 " in read_response(begun)
+            begun.sendall(second)
+        idle.sendall(b"GET /state?rid=idle HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert b" 200 " in read_response(idle)
+        os.kill(master, signal.SIGTERM)
+        assert idle.recv(1) == b""  # the stop has closed the idle connections
+        begun.sendall(b"X-Rest: 1\r\n\r\n")
+        head = read_response(begun)
+        assert b" 200 " in head, head
+        assert b"connection: close" in head.lower(), head  # the stop's last request
+        assert begun.recv(1) == b""
+        begun.close()
+        idle.close()
+        assert proc.wait(30) == 0, proc.output
+    finally:
+        proc.stop()
+    assert KILLED not in proc.output
+
+
 def test_a_recycled_worker_gives_its_requests_graceful_timeout_then_ends_them(
     tmp_path: Path,
 ) -> None:
