@@ -448,6 +448,47 @@ def test_a_stop_closes_idle_keep_alive_connections_and_finishes_requests_in_flig
     assert KILLED not in proc.output
 
 
+@pytest.mark.parametrize("pipelined", [False, True], ids=["sent-after", "pipelined"])
+def test_a_stop_serves_a_request_whose_first_bytes_have_arrived(
+    tmp_path: Path, pipelined: bool
+) -> None:
+    # A kept-alive connection has begun its second request (half its headers sent after
+    # the first answer, or pipelined behind the first request) when the stop closes the
+    # idle connections: it is not idle, and its request is served, as with -k gevent.
+    proc, url, master = start_flask_gunicorn(tmp_path, "--keep-alive", "30")
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        # Connected first: its greenlet is first in line when the stop closes connections.
+        begun = gevent.socket.create_connection((LOOPBACK, port))
+        begun.settimeout(20)
+        idle = gevent.socket.create_connection((LOOPBACK, port))
+        idle.settimeout(20)
+        first = b"GET /state?rid=first HTTP/1.1\r\nHost: test\r\n\r\n"
+        second = b"GET /state?rid=second HTTP/1.1\r\nHost: test\r\n"
+        if pipelined:
+            begun.sendall(first + second)
+            assert b" 200 " in read_response(begun)
+        else:
+            begun.sendall(first)
+            assert b" 200 " in read_response(begun)
+            begun.sendall(second)
+        idle.sendall(b"GET /state?rid=idle HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert b" 200 " in read_response(idle)
+        os.kill(master, signal.SIGTERM)
+        assert idle.recv(1) == b""  # the stop has closed the idle connections
+        begun.sendall(b"X-Rest: 1\r\n\r\n")
+        head = read_response(begun)
+        assert b" 200 " in head, head
+        assert b"connection: close" in head.lower(), head  # the stop's last request
+        assert begun.recv(1) == b""
+        begun.close()
+        idle.close()
+        assert proc.wait(30) == 0, proc.output
+    finally:
+        proc.stop()
+    assert KILLED not in proc.output
+
+
 def test_a_recycled_worker_gives_its_requests_graceful_timeout_then_ends_them(
     tmp_path: Path,
 ) -> None:
@@ -471,6 +512,56 @@ def test_a_recycled_worker_gives_its_requests_graceful_timeout_then_ends_them(
     finally:
         proc.stop()
     assert KILLED not in proc.output
+
+
+#: An app whose /queue queues 10 tasks that each take a minute on a pool of cap 1, and whose
+#: other requests take a minute too (saying so on stdout when they start).
+HELD_APP = """
+    import gevent
+    import ggopool
+
+    background = ggopool.new_pool("background", 1)
+
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/queue":
+            for _ in range(10):
+                background.go(gevent.sleep, 60)
+        else:
+            print("slow request started", flush=True)
+            gevent.sleep(60)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+"""
+
+
+def test_a_request_past_graceful_timeout_still_leaves_the_drain_time_to_report(
+    tmp_path: Path,
+) -> None:
+    # The request outlasts graceful_timeout: it is ended in time for the drain to log the
+    # backlog it abandons before the master's SIGKILL, graceful_timeout after the signal.
+    (tmp_path / "held_app.py").write_text(textwrap.dedent(HELD_APP))
+    env = subprocess_env(XDG_RUNTIME_DIR=str(tmp_path))
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    args = [sys.executable, "-m", "gunicorn", *CLASS, "-w", "1", "-b", f"{LOOPBACK}:0"]
+    proc = Proc([*args, "--graceful-timeout", "4", "held_app:app"], env)
+    try:
+        url, master, [worker] = gunicorn_booted(proc, workers=1)
+        assert fetch(url, "/queue") == 200  # and the worker's signal handlers are in place
+        slow = gevent.socket.create_connection((LOOPBACK, int(url.rsplit(":", 1)[1])))
+        slow.settimeout(20)
+        slow.sendall(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+        proc.wait_for(r"slow request started", 10)
+        os.kill(master, signal.SIGTERM)
+        assert proc.wait(15) == 0, proc.output
+        slow.close()
+    finally:
+        proc.stop()
+    output = proc.output
+    assert "Worker graceful timeout" in output, output
+    assert abandoned(output) == [10], output  # 1 running, 9 queued
+    assert f"Worker exiting (pid: {worker})" in output, output
+    assert KILLED not in output
 
 
 def test_the_connection_pool_is_registered_and_in_the_prometheus_collector(

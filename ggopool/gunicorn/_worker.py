@@ -4,9 +4,11 @@ drained on every stop. Imports gunicorn; `ggopool.gunicorn` loads it when asked 
 from __future__ import annotations
 
 import contextvars
+import fcntl
 import logging
 import os
-import time
+import sys
+import termios
 from functools import partial
 from types import TracebackType
 from typing import Any
@@ -30,6 +32,10 @@ __all__ = ["GeventWorker"]
 
 log = logging.getLogger("ggopool")
 
+#: Seconds kept, out of what graceful_timeout leaves for the requests in flight, to end the
+#: ones still running when it runs out.
+ENDING = 0.5
+
 
 class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
     """gunicorn's gevent worker on a ggopool pool, draining the process's pools as it stops.
@@ -52,12 +58,16 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
       next connection on the same worker greenlet, starts without what it set.
     * A stop (SIGTERM, SIGHUP's SIGTERM, ``--max-requests``, and SIGQUIT or SIGINT too,
       which gunicorn's gevent worker treats as an exit on the spot) closes the listeners,
-      closes the keep-alive connections that wait between two requests, lets the requests
-      in flight finish (up to ``graceful_timeout``, as gunicorn's gevent worker does), then
-      drains every pool of the process (`ggopool.drain`) while still sending its
-      heartbeat. The drain's deadline is what ``graceful_timeout`` leaves, less
-      `ggopool.gunicorn.MARGIN`, unless `ggopool.set_exit_drain` chose one, cut to the same
-      point; what it abandons is logged, one line per pool.
+      closes the keep-alive connections that wait between two requests (a connection where
+      any byte of the next request has arrived is served, as ``-k gevent`` serves it),
+      lets the requests in flight finish, then drains every pool of the process
+      (`ggopool.drain`) while still sending its heartbeat. The requests get what
+      ``graceful_timeout`` leaves since the stop began, less `ggopool.gunicorn.MARGIN` and
+      half a second (to end those still running then), so that the drain's report comes
+      before gunicorn's kill even when a request outlasts ``graceful_timeout``. The drain's
+      deadline is what ``graceful_timeout`` leaves, less `ggopool.gunicorn.MARGIN`, unless
+      `ggopool.set_exit_drain` chose one, cut to the same point; what it abandons is
+      logged, one line per pool.
     * A second SIGQUIT or SIGINT while the worker drains ends the drain at once, logged.
       The config's ``worker_int`` hook is still called on each.
     * In gunicorn's master (``--preload`` imports the app there), tasks queued at import
@@ -77,10 +87,9 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
         # gunicorn makes its workers in the master, before the fork.
         report_master_tasks()
         self.clock = StopClock()
-        # Each connection's greenlet: the requests it has served; and, while it waits for
-        # another request on a kept-alive connection, the Timeout it waits under.
-        self._served: dict[Greenlet, int] = {}
-        self._between: dict[Greenlet, Timeout] = {}
+        # Each connection's greenlet: its socket, the requests it has served, and while it
+        # waits for another request on a kept-alive connection, the Timeout it waits under.
+        self._connections: dict[Greenlet, _Connection] = {}
 
     # -- the main loop ---------------------------------------------------------------------
 
@@ -97,7 +106,7 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
             for server in servers:
                 server.close()
             self._close_between_requests()
-            self._finish_requests(pool, servers)
+            self._finish_requests(pool)
         finally:
             self._drain()
 
@@ -124,15 +133,19 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
             server.max_accept = 1
         return server
 
-    def _finish_requests(self, pool: Pool, servers: list[Any]) -> None:
-        # The requests in flight finish, up to graceful_timeout, with the heartbeat going.
-        deadline = time.monotonic() + float(self.cfg.graceful_timeout)
+    def _finish_requests(self, pool: Pool) -> None:
+        # The requests in flight finish, with the heartbeat going, for what graceful_timeout
+        # leaves on the stop's clock (the main loop sees the stop up to a heartbeat late,
+        # and the master kills at graceful_timeout after the signal), less the drain's
+        # margin and the time to end them: the drain then still runs, and logs what it
+        # abandons, before the kill.
         while pool.free_count() != pool.size:
-            left = deadline - time.monotonic()
+            left = self.clock.budget(self.cfg, beating=True) - ENDING
             if left <= 0:
                 self.log.warning("Worker graceful timeout (pid:%s)", self.pid)
-                for server in servers:
-                    server.stop(timeout=1)
+                # The listeners are closed already; the connections end here, waited
+                # for no longer than ENDING (gevent's server.stop would wait 2 s each).
+                pool.kill(ENDING)
                 return
             self.notify()
             pool.join(min(HEARTBEAT, left))
@@ -175,15 +188,18 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         me = getcurrent()
-        self._served[me] = 0
+        connection = self._connections[me] = _Connection(client)
         try:
             super().handle(listener, client, addr)
         finally:
-            self._served.pop(me, None)
-            self._between.pop(me, None)
+            self._connections.pop(me, None)
+            connection.unwatch()
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         me = getcurrent()
+        connection = self._connections.get(me)
+        if connection is not None and connection.reader is None:
+            connection.watch(getattr(req, "unreader", None))
         try:
             # A copy of the connection's context, never changed by a request: the next
             # request starts from the same one.
@@ -193,8 +209,8 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
         finally:
             if me.__dict__:
                 clear_locals(me)
-            if me in self._served:
-                self._served[me] += 1
+            if connection is not None:
+                connection.served += 1
 
     def timeout_ctx(self) -> Any:
         return _NextRequest(self)
@@ -203,37 +219,110 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
         # Kept-alive connections waiting for another request close now; those reading
         # or serving one go on.
         hub = gevent.get_hub()
-        for connection, timeout in list(self._between.items()):
-            hub.loop.run_callback(self._close_waiting, connection, timeout)
+        for greenlet, connection in list(self._connections.items()):
+            if connection.waiting is not None:
+                hub.loop.run_callback(self._close_waiting, greenlet, connection.waiting)
 
-    def _close_waiting(self, connection: Greenlet, timeout: Timeout) -> None:
-        # In the hub: the connection still waits under this timeout (nothing yields
-        # between this check and the throw). Its expiry ends the wait with no request,
-        # as gunicorn's keep-alive timeout does, and the connection closes.
-        if self._between.get(connection) is timeout:
-            connection.throw(timeout)
+    def _close_waiting(self, greenlet: Greenlet, timeout: Timeout) -> None:
+        # In the hub: the connection still waits under this timeout, and no byte of its
+        # next request has arrived, not even one its greenlet has yet to read (nothing
+        # yields between these checks and the throw). Its expiry ends the wait with no
+        # request, as gunicorn's keep-alive timeout does, and the connection closes.
+        connection = self._connections.get(greenlet)
+        if connection is not None and connection.waiting is timeout and not connection.unread():
+            greenlet.throw(timeout)
+
+
+class _Connection:
+    """A kept-alive connection as a stop sees it: idle between two requests only while it
+    waits for the next one and no byte of that one has arrived.
+
+    gunicorn's parser reads a request's headers in as many reads as they take, holding
+    what it read where the worker cannot see it: so each read of the connection's reader
+    that returns bytes ends the wait, and a stop then lets the request be served, as
+    gunicorn's gevent worker does. (The parser also reads off, before the next request, a
+    body the app left unread: such a connection then waits for its next request as under
+    ``-k gevent``, up to the keep-alive timeout.)"""
+
+    __slots__ = ("reader", "served", "sock", "waiting")
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.served = 0
+        # The parser's reader (gunicorn's SocketUnreader), once a request names it.
+        self.reader: Any = None
+        # The keep-alive Timeout it waits for its next request under, until a byte of it.
+        self.waiting: Timeout | None = None
+
+    def watch(self, reader: Any) -> None:
+        """Wrap the reads of the parser's reader (gunicorn's SocketUnreader, the same for
+        every request of the connection)."""
+        chunk = getattr(reader, "chunk", None)
+        if chunk is None:
+            return
+        self.reader = reader
+
+        def read(*args: Any, **kwargs: Any) -> Any:
+            data = chunk(*args, **kwargs)
+            if data:
+                self.waiting = None  # a request has begun: no longer idle
+            return data
+
+        reader.chunk = read
+
+    def unwatch(self) -> None:
+        # The connection has ended: the wrapper goes, and the cycle it made with the reader.
+        if self.reader is not None:
+            vars(self.reader).pop("chunk", None)
+            self.reader = None
+
+    def buffered(self) -> bool:
+        """Whether the parser holds bytes it read ahead: the next request has begun (a
+        client pipelining its requests)."""
+        buf = getattr(self.reader, "buf", None)
+        if buf is None:
+            return False
+        with buf.getbuffer() as view:
+            return bool(view.nbytes)
+
+    def unread(self) -> bool:
+        """Whether bytes wait to be read: buffered by the parser, decrypted by the TLS
+        layer, or in the kernel (a request sent, its greenlet not yet scheduled)."""
+        if self.buffered():
+            return True
+        try:
+            pending = getattr(self.sock, "pending", None)
+            if pending is not None and pending() > 0:
+                return True
+            count = fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, bytes(4))
+        except (OSError, ValueError):
+            return False  # closed: nothing to serve
+        return int.from_bytes(count, sys.byteorder) > 0
 
 
 class _NextRequest:
     """What gunicorn's keep-alive loop waits for the next request under: its keep-alive
-    timeout, marked as between two requests on a connection that has served one."""
+    timeout, marked as between two requests on a connection that has served one, until a
+    byte of the next one arrives."""
 
     __slots__ = ("connection", "timeout", "worker")
 
     def __init__(self, worker: GeventWorker) -> None:
         self.worker = worker
-        self.connection = getcurrent()
+        self.connection = worker._connections.get(getcurrent())
         # False: when it expires it ends the wait silently, as gunicorn's own does.
         self.timeout = Timeout(worker.cfg.keepalive, False)  # type: ignore[arg-type]
 
     def __enter__(self) -> Timeout:
-        worker = self.worker
-        between = worker._served.get(self.connection, 0) > 0
-        if between and not worker.alive:
-            raise StopIteration  # stopping: gunicorn's loop closes the connection
+        connection = self.connection
+        if connection is None or not connection.served or connection.buffered():
+            # Its first request, or a next one already begun: not idle.
+            self.timeout.start()
+            return self.timeout
+        if not self.worker.alive and not connection.unread():
+            raise StopIteration  # stopping, nothing sent: gunicorn's loop closes it
         self.timeout.start()
-        if between:
-            worker._between[self.connection] = self.timeout
+        connection.waiting = self.timeout
         return self.timeout
 
     def __exit__(
@@ -242,7 +331,8 @@ class _NextRequest:
         value: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        self.worker._between.pop(self.connection, None)
+        if self.connection is not None:
+            self.connection.waiting = None
         return self.timeout.__exit__(typ, value, tb)
 
 
