@@ -629,8 +629,12 @@ class GeventPoolMixin:
         membership = self._membership_or_none
         if membership is None or task not in membership.tasks or task in membership.dying:
             return  # not a member, or killed already: gevent's killone fires once
-        if isinstance(task, _Task) and getattr(task._greenlet, "state", None) is LEAVING:
-            return  # a Pool.kill hit it already
+        if (
+            isinstance(task, _Task)
+            and task._pool is self
+            and getattr(task._greenlet, "state", None) is LEAVING
+        ):
+            return  # this pool's kill hit it already (another pool's is not this one's)
         membership.dying.add(task)
         task.kill(exception, block=False)
         if block:

@@ -93,20 +93,28 @@ def _new_hand_over_lock() -> None:
     _hand_over_lock = allocate_lock()
 
 
-def _kill_worker(worker: Worker, exception: object, in_task: bool) -> None:
+#: Where a worker was when Pool.kill was called, which decides its blow (`_kill_worker`).
+_OUTSIDE_TASK, _IN_TASK, _IN_REPORT = "outside a task", "in a task", "in a report"
+
+
+def _kill_worker(worker: Worker, exception: object, where: str) -> None:
     """Pool.kill's blow to one worker (a loop callback in the hub), thrown once.
 
-    ``in_task``: the worker was inside a task when kill was called, and was aimed then
-    (`aim_kill`): that task gets ``exception`` if it still runs, and the worker leaves
-    after it, however it ends; a task queued after the kill is never hit. Any other
-    worker (parked, starting, woken, yielding) gets the plain exit, reported nowhere; one
-    woken since for a task queued after the kill runs it, then leaves.
+    ``where`` the worker was when kill was called. In a task: it was aimed then
+    (`aim_kill`), and that task gets ``exception`` if it still runs; the worker leaves
+    after it, however it ends, and a task queued after the kill is never hit. Reporting
+    the failure of a task that had ended: the plain exit (the kill's exception belongs to
+    a task, not to a panic handler), and the worker ends. Anywhere else (parked,
+    starting, woken, yielding): the plain exit, reported nowhere; a worker woken since for
+    a task queued after the kill runs it, then leaves.
     """
     if worker.dead:
         return
-    if in_task:
+    if where is _IN_TASK:
         if in_aimed_task(worker):
             worker.throw(as_exception(exception))
+    elif where is _IN_REPORT:
+        worker.throw(GreenletExit)
     elif worker.state is RUNNING:
         aim_kill(worker)
     elif worker.state is not LEAVING:
@@ -708,12 +716,20 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
             handed.append(waiting[0])  # type: ignore[arg-type]  # None only once dropped
             waiting[0] = None
         self._awaiting.clear()
+        handed_before = 0  # cancelled (or killed) while handed over: counted then
         for _, fn, _, _ in handed:
             if is_task_runner(fn, self):
-                killed.append(fn.__self__)  # type: ignore[attr-defined]
+                if fn.__self__.cancelled():  # type: ignore[attr-defined]
+                    handed_before += 1
+                    if self._slots is not None:
+                        # Its cancel gave back a slot it never held (it was on no queue).
+                        self._slots.acquire(blocking=False)
+                else:
+                    killed.append(fn.__self__)  # type: ignore[attr-defined]
+        counts.cancelled_queued -= handed_before
         self._submitted += len(handed)
         counts.dropped += len(handed)
-        counts.cancelled += newly + len(handed)
+        counts.cancelled += newly + len(handed) - handed_before
         reports = [task._set_killed(exception) for task in killed]
         current = getcurrent()
         dying = self._dying_workers()
@@ -721,21 +737,25 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         for worker in greenlets:
             if worker is current or worker.state is LEAVING:
                 continue  # the caller: it gets the exception below; or hit by an earlier kill
-            in_task = worker.state is RUNNING
-            if in_task:
-                aim_kill(worker)  # now: it leaves after this task, and takes no other
-                if worker in dying:
+            where = _OUTSIDE_TASK
+            if worker.state is RUNNING:
+                # Now: it leaves after this task (or this report), and takes no other.
+                where = _IN_TASK if aim_kill(worker) else _IN_REPORT
+                if where is _IN_TASK and worker in dying:
                     continue  # its task was killed by killone: not hit again, as in gevent
             # Scheduled after the callbacks that start new workers, so each has started.
-            self._hub.loop.run_callback(_kill_worker, worker, exception, in_task)
+            self._hub.loop.run_callback(_kill_worker, worker, exception, where)
         added = self._kill_added_members(exception)
         for task, report in zip(killed, reports, strict=True):
             task._report_kill(report)
         if current in self._greenlets:
             # Killed from one of its own tasks: the calling task ends with the exception
-            # now, and its worker after it.
-            aim_kill(current)  # a Worker: it is in _greenlets
-            raise as_exception(exception)
+            # now, and its worker after it. (From a panic handler reporting the worker's
+            # failed task, there is no task left to end: the worker leaves after the
+            # report, and the kill waits for the others.)
+            if aim_kill(current):  # a Worker: it is in _greenlets
+                raise as_exception(exception)
+            greenlets.remove(current)
         if not block:
             return not any(worker in self._greenlets for worker in greenlets)
         # False: the Timeout ends the block quietly, as gevent documents (the stubs omit it).

@@ -312,7 +312,7 @@ def exit_drain(limit: float | None = None, budget: float | None = None) -> None:
     except BaseException:  # noqa: BLE001 - reported by _drain; the exit goes on
         pass
     finally:
-        _after_exit_drain = (pid, deadline, started, _accepted_here())
+        _after_exit_drain = (pid, deadline, started, _Accepted())
 
 
 def _left(deadline: float, started: float) -> float | None:
@@ -322,13 +322,30 @@ def _left(deadline: float, started: float) -> float | None:
     return max(0.0, deadline - (time.monotonic() - started))
 
 
-def _accepted_here() -> int:
-    """Tasks this thread's pools have accepted so far (queued, or waiting for their time)."""
-    return sum(pool._submitted + len(pool._later) for pool in _pools_of_this_thread())
+class _Accepted:
+    """What this thread's pools had accepted when the exit drain ended, to tell a task
+    accepted after it. (A count would not do: a spawn_later task cancelled since takes one
+    away, and a pool collected since takes its own.)"""
+
+    __slots__ = ("later", "submitted")
+
+    def __init__(self) -> None:
+        pools = _pools_of_this_thread()
+        self.submitted = {pool: pool._submitted for pool in pools}  # never goes down
+        self.later = {task for pool in pools for task in list(pool._later)}
+
+    def since(self) -> bool:
+        """Whether a pool of this thread has accepted a task since."""
+        for pool in _pools_of_this_thread():
+            if pool._submitted > self.submitted.get(pool, 0) or pool._in_flight():
+                return True
+            if any(task not in self.later for task in list(pool._later)):
+                return True
+        return False
 
 
-#: After the exit drain in this process: its pid, deadline, start and `_accepted_here()`.
-_after_exit_drain: tuple[int, float, float, int] | None = None
+#: After the exit drain in this process: its pid, deadline, start and what was accepted.
+_after_exit_drain: tuple[int, float, float, _Accepted] | None = None
 
 
 def _last_look() -> None:
@@ -341,7 +358,7 @@ def _last_look() -> None:
         return  # no exit drain here, or it was turned off
     _, deadline, started, accepted = after
     try:
-        if _accepted_here() > accepted:
+        if accepted.since():
             _drain(_left(deadline, started), "abandoned at exit", "; Ctrl-C to abandon them")
     except BaseException:  # noqa: BLE001 - reported by _drain; the exit goes on
         pass

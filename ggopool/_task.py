@@ -578,10 +578,13 @@ class Task(_TaskBase, Generic[T]):
     # -- spawn_later ---------------------------------------------------------------------
 
     def _queue_later(self, seconds: float) -> None:
-        """Queue the task on its pool in ``seconds`` (``ggopool.spawn_later``). From
-        another thread after the exit drain: PoolClosed, and the task stays as it was."""
+        """Queue the task on its pool in ``seconds`` (``ggopool.spawn_later``). On a closed
+        pool, or from another thread after the exit drain: PoolClosed, and the task stays as
+        it was."""
         pool = self._pool
         with pool._accepting_from_any_thread():
+            if pool._closed:
+                pool._refuse_closed()  # as start() and spawn() on a closed pool
             # Accepted work from now on: the drain waits for it (or reports it), a forked
             # child leaves it to the parent, and a close() before its time does not
             # refuse it.

@@ -189,8 +189,10 @@ def _task_failed(
 ) -> None:
     """Count and report a task that raised. Out of the worker loop: code there costs
     every task (the loop's bytecode grows), and only a failure runs this."""
-    if me.state is LEAVING:
-        task_ended(me)  # its report may yield: a kill's blow must miss it
+    # Its report may yield (a panic handler that logs over the network): a kill's blow
+    # must miss it, whether the kill came before (the task ended) or comes meanwhile.
+    marks = me.__dict__
+    marks[_LEAVING_MARK] = _TASK_ENDED if me.state is LEAVING else _REPORTING
     counts = pool._counts
     counts.failed += 1
     counts.reporting += 1  # done: no longer running while its report runs
@@ -198,11 +200,15 @@ def _task_failed(
         report_failure(pool, ctx, fn, args, kwargs, exc)
     finally:
         counts.reporting -= 1
+        if marks.get(_LEAVING_MARK) is _REPORTING:
+            del marks[_LEAVING_MARK]
 
 
-def aim_kill(worker: Worker) -> None:
+def aim_kill(worker: Worker) -> bool:
     """`Pool.kill` is aimed at the task ``worker`` runs: it leaves once that task ends,
-    however it ends (counted as RUNNING until then: no count changes).
+    however it ends (counted as RUNNING until then: no count changes). True if the worker
+    is inside that task; False if the task has ended and the worker reports its failure,
+    where no blow may land (it leaves after the report).
 
     The worker loop tests this only where it already tests ``me.__dict__`` after each task
     (for greenlet-local state), so a mark goes there too: reading ``me.state`` after every
@@ -210,8 +216,12 @@ def aim_kill(worker: Worker) -> None:
     attribute read on a greenlet subclass is not specialized). `_park` reads the state
     too, in case the task emptied ``getcurrent().__dict__``.
     """
+    marks = worker.__dict__
+    mark = marks.get(_LEAVING_MARK)
+    in_task = mark is None or mark is True  # not reporting an ended task's failure
     worker.state = LEAVING
-    worker.__dict__[_LEAVING_MARK] = True
+    marks[_LEAVING_MARK] = True if in_task else _TASK_ENDED
+    return in_task
 
 
 #: The mark `aim_kill` leaves in a worker's ``__dict__``.
@@ -231,6 +241,8 @@ def in_aimed_task(worker: Worker) -> bool:
 
 #: `_LEAVING_MARK`'s value once the aimed-at task has ended.
 _TASK_ENDED = "task ended"
+#: `_LEAVING_MARK`'s value while a worker not aimed at reports its task's failure.
+_REPORTING = "reporting"
 
 
 class LoopWatch:

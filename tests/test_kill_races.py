@@ -248,3 +248,105 @@ def test_add_and_start_refuse_what_is_not_a_task_and_change_nothing(
         getattr(pool, method)(bad)
     assert len(pool) == 0
     assert not pool.full()
+
+
+def wait_until(predicate: Any, what: str) -> None:
+    """Let the loop run (its timers too) until ``predicate()``; a bounded wait."""
+    for _ in range(2000):
+        if predicate():
+            return
+        gevent.sleep(0.001)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("how", ["cancel", "kill"])
+def test_a_task_cancelled_while_waiting_for_a_queue_place_is_not_killed_again(how: str) -> None:
+    pool = ggopool.new_pool("bounded-kill", 1, Config(max_pending=1))
+    seen: list[str] = []
+    pool.set_panic_handler(lambda ctx, exc: seen.append(repr(exc)))
+    held = Event()
+    pool.go(held.wait)
+    gevent.idle()
+    pool.go(lambda: None)  # the one queue place is taken
+    later = pool.task(lambda: None)
+    later.start_later(0)
+    wait_until(lambda: pool.stats().pending == 2, "the task due, waiting for a place")
+    if how == "cancel":
+        assert later.cancel()
+    else:
+        later.kill(block=False)
+    outcome = later.exception
+    assert pool.stats().cancelled == 1
+    assert pool.kill(timeout=5, exception=ValueError("pool kill"))
+    assert later.exception is outcome  # not overwritten by the pool's kill
+    stats = pool.stats()
+    assert (stats.pending, stats.running, stats.cancelled) == (0, 0, 2)
+    assert balanced(stats)
+    assert seen == ["ValueError('pool kill')"]  # the running task's failure only
+    # The queue place is the pool's again, once.
+    assert pool.try_go(held.wait)
+    assert not pool.try_go(held.wait)
+    held.set()
+    assert pool.join(5)
+
+
+def test_a_kill_by_another_pool_does_not_stop_this_pools_killone() -> None:
+    # A task of pool P added to pool Q: P.kill() is P's, and Q's killone is a kill of its own.
+    p = ggopool.new_pool("p", 2)
+    q = ggopool.new_pool("q", 2, Config(spawn_waits_when_full=True))
+    undead = Undead()
+    task = p.spawn(undead)
+    q.add(task)
+    gevent.idle()
+    p.kill(block=False)
+    gevent.idle()
+    assert undead.shots == 1
+    q.killone(task, block=False)
+    gevent.idle()
+    assert undead.shots == 2
+    task.kill(SpecialError)
+    assert task.dead
+
+
+def test_a_kill_while_a_worker_reports_a_failure_ends_it_with_the_plain_exit() -> None:
+    # The kill's exception belongs to a task: the handler of one that had already failed
+    # gets the plain exit, as a parked worker does, and is not reported as failing.
+    pool = ggopool.new_pool("kill-during-report", 1, Config(idle_timeout=None))
+    in_handler = Event()
+    log: list[str] = []
+
+    def handler(ctx: object, exc: BaseException) -> None:
+        log.append("handler start")
+        in_handler.set()
+        try:
+            Event().wait()  # logs over a network that never answers, say
+        except BaseException as blow:
+            log.append(type(blow).__name__)
+            raise
+
+    pool.set_panic_handler(handler)
+    pool.go(lambda: 1 / 0)
+    in_handler.wait()
+    assert pool.kill(timeout=5, exception=ValueError("the kill")) is True
+    assert log == ["handler start", "GreenletExit"]
+    stats = pool.stats()
+    assert (stats.workers, stats.failed, stats.running) == (0, 1, 0)
+    assert balanced(stats)
+
+
+def test_pool_kill_from_a_panic_handler_ends_the_others_and_returns() -> None:
+    pool = ggopool.new_pool("kill-from-handler", 2, Config(idle_timeout=None))
+    held = Event()
+    other = pool.spawn(held.wait)
+    results: list[object] = []
+
+    def handler(ctx: object, exc: BaseException) -> None:
+        results.append(pool.kill(timeout=5))  # the failed task has ended: nothing to raise
+
+    pool.set_panic_handler(handler)
+    pool.go(lambda: 1 / 0)
+    assert pool.join(5)
+    assert results == [True]
+    assert other.dead
+    assert isinstance(other.value, GreenletExit)  # gevent's outcome of a kill
+    assert pool.stats().workers == 0

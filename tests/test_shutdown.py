@@ -590,6 +590,30 @@ atexit.register(ggopool.go, print, "queued by an atexit callback")
 """
 
 
+ATEXIT_CANCEL_THEN_GO = """
+import atexit
+import ggopool
+
+late = ggopool.spawn_later(60, print, "never")
+
+
+def flush():
+    late.cancel()  # one task fewer than at the drain, and one new one
+    ggopool.go(print, "flushed")
+
+
+atexit.register(flush)
+"""
+
+
+def test_a_task_queued_at_exit_after_a_cancel_still_runs() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", ATEXIT_CANCEL_THEN_GO], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "flushed\n"
+
+
 def test_a_task_queued_by_an_atexit_callback_runs_or_is_logged() -> None:
     out = subprocess.run(
         [sys.executable, "-c", ATEXIT_GO], capture_output=True, text=True, timeout=60

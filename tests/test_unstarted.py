@@ -230,3 +230,19 @@ def test_a_spawn_later_task_due_on_a_full_bounded_pool_waits_for_room_and_runs()
     assert task.get(timeout=5) is None
     assert ran == ["later"]
     assert pool.stats().rejected == 0
+
+
+def test_start_later_on_a_closed_pool_raises_pool_closed_and_changes_nothing() -> None:
+    pool = ggopool.new_pool("closed-before", 1)
+    ran: list[str] = []
+    task = pool.task(ran.append, "never")
+    pool.close()
+    with pytest.raises(
+        PoolClosed, match=r"^pool 'closed-before' is closed: it accepts no new tasks$"
+    ):
+        task.start_later(0)
+    assert not task.started
+    assert not task.ready()
+    assert pool.join(5)
+    assert ran == []
+    assert pool.stats().submitted == 0
