@@ -420,6 +420,16 @@ def test_the_exit_drain_reports_a_spawn_later_task_it_cannot_wait_for(
     assert late.cancel()
 
 
+def run_python(source: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` in a fresh interpreter (its exit is what these tests watch) and
+    check that it exited cleanly; what it printed is the caller's to check."""
+    out = subprocess.run(
+        [sys.executable, "-c", source, *args], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 SPAWN_LATER_AT_EXIT = """
 import ggopool
 
@@ -429,10 +439,7 @@ ggopool.spawn_later(60, print, "never")
 
 
 def test_at_exit_a_spawn_later_task_runs_if_due_within_the_deadline_else_is_logged() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", SPAWN_LATER_AT_EXIT], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_python(SPAWN_LATER_AT_EXIT)
     assert out.stdout == "ran before exit\n"
     assert out.stderr == (
         "ggopool: pool 'ggopool.DefaultPool': 1 spawn_later tasks abandoned at exit, "
@@ -514,13 +521,7 @@ gevent.idle()  # its greenlet waits for room in the hub too
 
 
 def test_a_thread_waiting_in_spawn_for_room_at_exit_is_refused_and_the_exit_ends() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", THREAD_WAITING_AT_EXIT],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_python(THREAD_WAITING_AT_EXIT)
     assert out.stdout == (
         "refused: pool 'full' accepts no tasks from other threads: the interpreter is "
         "exiting and its exit drain has run\n"
@@ -563,10 +564,7 @@ def test_a_thread_handing_tasks_over_while_the_interpreter_exits_loses_none(
     tmp_path: object,
 ) -> None:
     log = f"{tmp_path}/runs.log"
-    out = subprocess.run(
-        [sys.executable, "-c", THREAD_AFTER_EXIT, log], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_python(THREAD_AFTER_EXIT, log)
     assert out.stderr == (
         "refused: pool 'producer' accepts no tasks from other threads: the interpreter is "
         "exiting and its exit drain has run\n"
@@ -607,18 +605,12 @@ atexit.register(flush)
 
 
 def test_a_task_queued_at_exit_after_a_cancel_still_runs() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", ATEXIT_CANCEL_THEN_GO], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_python(ATEXIT_CANCEL_THEN_GO)
     assert out.stdout == "flushed\n"
 
 
 def test_a_task_queued_by_an_atexit_callback_runs_or_is_logged() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", ATEXIT_GO], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_python(ATEXIT_GO)
     assert out.stdout == "queued by an atexit callback\n"
     # After what was left of the 0.5 s deadline once the exit drain had run.
     assert re.fullmatch(
