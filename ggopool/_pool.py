@@ -32,6 +32,7 @@ from ggopool._threads import get_ident as _get_ident
 from ggopool._worker import (
     GONE,
     LEAVING,
+    LONG_QUEUE,
     NOT_OVERDUE,
     PARKED,
     RETIRE,
@@ -43,8 +44,10 @@ from ggopool._worker import (
     Worker,
     aim_kill,
     at_a_later_turn,
+    callbacks_queued,
     in_aimed_task,
     loop_watch,
+    starts_overdue,
     work,
 )
 
@@ -202,6 +205,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         "_loop_watch",
         "_max_idle",
         "_name",
+        "_one_start_each",
         "_panic_handler",
         "_parked",
         "_quiet",
@@ -273,6 +277,9 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         # runs _start_workers, and one that then finds the queue empty is never made.
         self._to_start = 0
         self._starter_scheduled = False
+        # While the starts of a run have taken the switch interval and the loop has not
+        # polled since: each start counted is a loop callback of its own (_start_one).
+        self._one_start_each = False
         self._greenlets: set[Worker] = set()
         # The gevent Semaphore that guards a bounded task list: its counter is the number
         # of free slots under max_pending. go() takes one (waiting cooperatively when
@@ -799,8 +806,16 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
     # -- counts ------------------------------------------------------------------------
 
     def worker_count(self) -> int:
-        """Live workers: those running a task and those parked waiting for one."""
+        """gopool's ``WorkerCount``: the workers its spawn rule counts, those running a task
+        and those parked waiting for one, and, as in gopool, each one from the moment the
+        rule asks for it: a start that the hub has not made yet (at its next turn, or never
+        if the queue has run empty by then) is counted. `stats` ``.workers`` counts only the
+        worker greenlets that exist."""
         return self._workers
+
+    def _live_workers(self) -> int:
+        """The worker greenlets that exist: `worker_count` less the starts not made yet."""
+        return self._workers - self._to_start
 
     def task_count(self) -> int:
         """Tasks queued and not yet started (cancelled ones excluded; those handed over by
@@ -839,7 +854,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         return PoolStats(
             name=self._name,
             cap=self._cap,
-            workers=self._workers,
+            workers=self._live_workers(),
             idle=len(self._parked),
             running=running,
             pending=queued - counts.cancelled_queued + in_flight,
@@ -878,47 +893,120 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
             self._starting += 1
             self._to_start += 1
             if not self._starter_scheduled:
-                self._starter_scheduled = True
-                loop.run_callback(self._start_workers, self._generation)
+                if self._one_start_each:
+                    loop.run_callback(self._start_one, self._generation)  # one per start
+                else:
+                    self._starter_scheduled = True
+                    loop.run_callback(self._start_workers, self._generation)
 
     def _start_workers(self, generation: int) -> None:
-        """Make one of the workers counted by `_add_worker` (a loop callback in the hub).
+        """Make the workers counted by `_add_worker` (a loop callback in the hub).
 
-        One per turn of the loop's callbacks: the worker runs until it first yields, and
-        the next start waits its turn behind the callbacks queued meanwhile, such as the
-        wake-ups of the tasks that just yielded. A worker that finishes its task then
-        takes the next queued one, so a burst of short tasks is run by as many workers
-        as it keeps busy, not by one per task, while a burst of tasks that block still
-        gets a worker for every task, one turn each, as ``gevent.spawn`` gives each a
-        greenlet. A start that finds the queue empty (an earlier worker took every task)
-        is uncounted here, and no greenlet is ever made for it.
+        Each new worker runs until its task first yields; the hub is then back here, and
+        the next worker starts at once while tasks are queued and starts are counted, as
+        ``gevent.spawn``'s start callbacks run one after the other: a burst of tasks that
+        block gets a worker for every task before the code that queued them runs again,
+        however busy the loop. What makes the next start wait instead:
+
+        * The task queued callbacks of the loop before it yielded (``gevent.sleep(0)``, an
+          event it set): the next start goes behind them, so a task that yields only
+          briefly is resumed first and its worker takes the next queued task itself. A
+          burst of short tasks is run by the few workers it keeps busy, not by one each.
+        * A worker found the loop overdue (it ran tasks for gevent's switch interval
+          without the loop polling for I/O, see _worker.py): the next start waits for a
+          later turn of the loop, behind the workers waiting for one.
+        * The starts themselves have taken the switch interval since the loop last
+          polled: until it polls again each start is a callback of its own
+          (`_start_one`), as each of ``gevent.spawn``'s is, so gevent's loop breaks the
+          run of callbacks where it would break ``gevent.spawn``'s, and tasks queued
+          meanwhile start in their turn among the other callbacks.
+
+        A start that finds the queue empty (an earlier worker took every task) is uncounted
+        here, and no greenlet is ever made for it.
         """
         if generation != self._generation:
             return  # scheduled before a fork; the child's pool starts its own
+        hub = self._hub
+        loop = hub.loop
         watch = self._loop_watch
-        overdue = watch.overdue != NOT_OVERDUE and self._hub.loop.iteration == watch.overdue
-        if overdue and self._tasks:
-            at_a_later_turn(self._hub, self, self._start_workers, generation)  # _worker.py
+        # Until this run of starts hands over (below), it is the pool's one starter:
+        # _add_worker schedules no other, and an exception out of a worker's switch
+        # leaves the rest scheduled.
+        handed_over = False
+        try:
+            while True:
+                if not self._to_start:
+                    return  # set_cap took the starts back, or every one was made
+                if not self._tasks:
+                    self._uncount_starts()
+                    return
+                if watch.overdue != NOT_OVERDUE and loop.iteration == watch.overdue:
+                    handed_over = True
+                    at_a_later_turn(hub, self, self._start_workers, generation)  # _worker.py
+                    return
+                queued_before = callbacks_queued(loop)
+                self._make_worker(generation)
+                # Back in the hub: the worker's task yielded, or the worker parked or ended.
+                if generation != self._generation:
+                    handed_over = True  # forked, or the hub destroyed: not ours any more
+                    return
+                if not self._to_start or not self._tasks:
+                    continue  # uncounts what is left, or returns
+                if not 0 <= queued_before <= LONG_QUEUE or callbacks_queued(loop) != queued_before:
+                    handed_over = True
+                    loop.run_callback(self._start_workers, generation)
+                    return
+                if starts_overdue(loop, watch):
+                    handed_over = True
+                    self._one_start_each = True
+                    self._starter_scheduled = False  # each start counted now is scheduled
+                    start_one = self._start_one
+                    for _ in range(min(self._to_start, len(self._tasks) // SLOTS)):
+                        loop.run_callback(start_one, generation)
+                    return
+        finally:
+            if not handed_over and generation == self._generation:
+                self._starter_scheduled = False
+                if self._to_start:
+                    # A worker's switch raised: the rest still start.
+                    self._starter_scheduled = True
+                    loop.run_callback(self._start_workers, generation)
+
+    def _start_one(self, generation: int) -> None:
+        """Make one worker counted by `_add_worker`, while the starts of a run of them have
+        taken the switch interval and the loop has not polled since (see `_start_workers`):
+        one loop callback per start, as ``gevent.spawn`` makes. Once the loop has polled,
+        the first of these callbacks to run starts the rest in a run again."""
+        if generation != self._generation or not self._one_start_each:
+            return  # the rest are started in a run again, or a fork came between
+        if self._hub.loop.iteration != self._loop_watch.starts_seen:
+            self._one_start_each = False
+            if not self._starter_scheduled:
+                self._starter_scheduled = True
+                self._start_workers(generation)
             return
-        self._starter_scheduled = False
         if not self._to_start:
-            return  # set_cap took the starts back
-        if not self._tasks:
-            n, self._to_start = self._to_start, 0
-            self._workers -= n
-            self._starting -= n
             return
+        if not self._tasks:
+            self._uncount_starts()
+            return
+        self._make_worker(generation)
+
+    def _make_worker(self, generation: int) -> None:
+        """Make one of the counted starts a worker greenlet and run it until it yields."""
         self._to_start -= 1
-        if self._to_start:
-            # Scheduled before this worker runs, so nothing it does can strand the rest.
-            self._starter_scheduled = True
-            self._hub.loop.run_callback(self._start_workers, generation)
         # A raw greenlet whose parent is the hub: what gevent.spawn_raw makes, less its
         # greenlet-tree bookkeeping, which long-lived workers don't need.
         worker = Worker(work, self._hub)
         worker.state = STARTING
         self._greenlets.add(worker)
         worker.switch(self, worker, generation)
+
+    def _uncount_starts(self) -> None:
+        """The queue is empty: the starts counted and not made are never made."""
+        n, self._to_start = self._to_start, 0
+        self._workers -= n
+        self._starting -= n
 
     def _hub_was_destroyed(self) -> Any:
         """The pool's hub was destroyed (``hub.destroy()``): move to the thread's new hub.
@@ -933,7 +1021,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         self._parked = {}
         self._idle_timer = None  # it went with the old loop
         self._greenlets = set()
-        self._starter_scheduled = False
+        self._starter_scheduled = self._one_start_each = False
         return self._hub.loop
 
     def _retire_idle(self, n: int) -> None:

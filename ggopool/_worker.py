@@ -249,7 +249,7 @@ class LoopWatch:
     """What the workers on one hub last saw of its loop, and what waits for its next turn
     (one per hub: every pool on it lets the same loop run)."""
 
-    __slots__ = ("overdue", "seen", "since", "timer", "turns")
+    __slots__ = ("overdue", "seen", "since", "starts_seen", "starts_since", "timer", "turns")
 
     def __init__(self) -> None:
         self.seen = -1  # the loop's iteration count at the last look
@@ -262,6 +262,9 @@ class LoopWatch:
         # makes the next one when that turn comes.
         self.turns: deque[tuple[Pool, Callable[[Any], object], Any]] = deque()
         self.timer: Any = None
+        # The same as seen and since, for the starts of workers (`starts_overdue`).
+        self.starts_seen = -1
+        self.starts_since = 0.0
 
 
 _watches: weakref.WeakKeyDictionary[Hub, LoopWatch] = weakref.WeakKeyDictionary()
@@ -279,14 +282,47 @@ def _look_at_the_loop(pool: Pool, me: Worker, generation: int, loop: Any, watch:
     """Between two tasks, with more queued: if the loop has not polled for I/O for the
     switch interval, wait for it to (see the module docstring). False if the worker must
     leave now (see `_let_the_loop_run`)."""
+    if found_overdue(loop, watch):
+        return _let_the_loop_run(pool, me, generation, watch)
+    return True
+
+
+def found_overdue(loop: Any, watch: LoopWatch) -> bool:
+    """Whether ``loop`` has not polled for I/O for gevent's switch interval, by what the
+    workers on its hub saw of it; if so, marked overdue in ``watch`` until it has."""
     iteration = loop.iteration
     if iteration != watch.seen:
         watch.seen = iteration  # it polled since the last look: count from now
         watch.since = monotonic()
     elif monotonic() - watch.since >= getswitchinterval():
         watch.overdue = iteration
-        return _let_the_loop_run(pool, me, generation, watch)
-    return True
+        return True
+    return False
+
+
+#: Past this many callbacks queued in the loop, a start does not look again at how many are
+#: queued (`callbacks_queued`): gevent's default loop counts its queue one by one (27 ns
+#: each here), and counting a long queue twice would cost more than the start itself.
+LONG_QUEUE = 256
+
+
+def callbacks_queued(loop: Any) -> int:
+    """How many callbacks ``loop`` has queued; -1 if it cannot tell. (The queue is gevent's,
+    private: both of its loops have one.)"""
+    callbacks = getattr(loop, "_callbacks", None)
+    return -1 if callbacks is None else len(callbacks)
+
+
+def starts_overdue(loop: Any, watch: LoopWatch) -> bool:
+    """Whether the pools on ``loop``'s hub have been starting workers for gevent's switch
+    interval since the loop last polled for I/O (see `Pool._start_workers`). Apart from
+    `found_overdue`: a worker woken for a task that blocks need not wait for the loop."""
+    iteration = loop.iteration
+    if iteration != watch.starts_seen:
+        watch.starts_seen = iteration
+        watch.starts_since = monotonic()
+        return False
+    return monotonic() - watch.starts_since >= getswitchinterval()
 
 
 def _let_the_loop_run(pool: Pool, me: Worker, generation: int, watch: LoopWatch) -> bool:

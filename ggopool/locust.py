@@ -101,7 +101,7 @@ class _Tracker(Instrument):
         self.integration = integration
         self.drain_timeout = drain_timeout
         self.submitted = self.run = self.failed = self.cancelled = 0
-        self.peak_workers = pool.worker_count()
+        self.peak_workers = pool._live_workers()
         # Not reset by a new test: a task still in flight from the last one finishes later.
         self.in_flight = 0
         self.idle = Event()
@@ -128,14 +128,14 @@ class _Tracker(Instrument):
 
     def worker_started(self, pool: Pool) -> None:
         # Workers are added only as they start, so sampling here sees every peak.
-        self.peak_workers = max(self.peak_workers, pool.worker_count())
+        self.peak_workers = max(self.peak_workers, pool._live_workers())
 
     def counts(self) -> PoolCounts:
         return PoolCounts(self.submitted, self.run, self.failed, self.cancelled, self.peak_workers)
 
     def reset(self) -> None:
         self.submitted = self.run = self.failed = self.cancelled = 0
-        self.peak_workers = self.pool.worker_count()
+        self.peak_workers = self.pool._live_workers()
 
     def drain(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the counted tasks, then for anything else the

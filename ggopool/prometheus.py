@@ -151,7 +151,7 @@ class Saturation(Instrument):
         self._wait_sum = 0.0
         self._running = 0
         self._peak_running = 0
-        self._peak_workers = pool.worker_count()
+        self._peak_workers = pool._live_workers()
 
     def __repr__(self) -> str:
         return f"<ggopool.prometheus.Saturation of pool {self._pool.name!r}>"
@@ -177,7 +177,7 @@ class Saturation(Instrument):
 
     def worker_started(self, pool: Pool) -> None:
         # Workers are added only as they start, so sampling here sees every peak.
-        workers = pool.worker_count()
+        workers = pool._live_workers()
         if workers > self._peak_workers:
             self._peak_workers = workers
 
@@ -188,12 +188,12 @@ class Saturation(Instrument):
         self._wait_buckets = [0] * len(self._bounds)
         self._wait_sum = 0.0
         self._peak_running = self._running
-        self._peak_workers = self._pool.worker_count()
+        self._peak_workers = self._pool._live_workers()
 
     def _take_peaks(self) -> tuple[int, int]:
         """The peaks since the last take, and start the next period at the values of now."""
         running = self._running
-        workers = self._pool.worker_count()
+        workers = self._pool._live_workers()
         peaks = (max(self._peak_running, running), max(self._peak_workers, workers))
         self._peak_running = running
         self._peak_workers = workers
