@@ -26,7 +26,7 @@ from ggopool._gevent_pool import GeventPoolMixin
 from ggopool._instrument import Instruments, InstrumentsMixin, dropped
 from ggopool._panic import PanicHandler
 from ggopool._stats import Counts, PoolStats
-from ggopool._task import Task, as_exception, is_task_runner
+from ggopool._task import Task, as_exception, check_exception, is_task_runner
 from ggopool._threads import allocate_lock
 from ggopool._threads import get_ident as _get_ident
 from ggopool._worker import (
@@ -684,6 +684,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         timeout = check_timeout(timeout)
         if not isinstance(block, bool):
             raise TypeError(f"block must be a bool, got {block!r}")
+        check_exception(exception)
         counts = self._counts
         tasks = self._tasks
         # Every part of the pool's state changes first, and the killed tasks are reported

@@ -57,16 +57,39 @@ def _check_wait_timeout(timeout: object) -> float | Timeout | None:
     return check_timeout(timeout)
 
 
+def _exception_of(exception: object) -> object:
+    # A ``(type, value, tb)`` triple (what ``__exit__`` passes on) stands for its value, or
+    # its type when the value is None, as gevent's kill reads it.
+    if isinstance(exception, tuple) and len(exception) == 3:
+        return exception[1] if exception[1] is not None else exception[0]
+    return exception
+
+
+def _is_exception(exception: object) -> bool:
+    return isinstance(exception, BaseException) or (
+        isinstance(exception, type) and issubclass(exception, BaseException)
+    )
+
+
+def check_exception(exception: object) -> None:
+    """Refuse, with TypeError, what no kill can raise: gevent's ``kill`` takes an exception
+    class or instance (or a ``(type, value, tb)`` triple)."""
+    if not _is_exception(_exception_of(exception)):
+        raise TypeError(
+            "exception must be an exception class or instance, or a (type, value, traceback) "
+            f"triple, got {short_repr(exception)}"
+        )
+
+
 def as_exception(exception: object) -> BaseException:
     """What ``kill(exception)`` raises: gevent's reading of its argument (a class, an
-    instance, a ``(type, value, tb)`` triple, or anything else wrapped in a BaseException)."""
-    if isinstance(exception, tuple) and len(exception) == 3:
-        exception = exception[1] if exception[1] is not None else exception[0]
+    instance, or a ``(type, value, tb)`` triple; checked by `check_exception`)."""
+    exception = _exception_of(exception)
     if isinstance(exception, type) and issubclass(exception, BaseException):
         return exception()
     if isinstance(exception, BaseException):
         return exception
-    return BaseException(exception)
+    return BaseException(exception)  # unreachable once checked: never raises here
 
 
 class _Spawned:
@@ -643,7 +666,8 @@ class Task(_TaskBase, Generic[T]):
     ) -> None:
         """Stop the task with ``exception`` (see the class docstring); with ``block``, wait
         up to ``timeout`` seconds until it is done. Never raises, as gevent's (but for a
-        bad ``timeout``, refused before anything happens)."""
+        bad ``timeout``, or an ``exception`` that is not an exception class or instance:
+        TypeError, before anything happens)."""
         timeout = _check_wait_timeout(timeout)
         exc = self._aim_kill(exception)
         if exc is None:
@@ -669,7 +693,9 @@ class Task(_TaskBase, Generic[T]):
 
     def _maybe_kill_before_start(self, exception: object) -> bool:
         """Kill the task now if it is still queued (``gevent.killall`` calls this first, so
-        no task it kills starts in between). True if the task is now dead."""
+        no task it kills starts in between). True if the task is now dead. An ``exception``
+        no kill can raise is refused first (TypeError), and nothing changes."""
+        check_exception(exception)
         if self._state is _UNSTARTED:
             self._mark_killed(exception)  # never queued: it never runs, as gevent's
         elif self._state is _LATER:

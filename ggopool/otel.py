@@ -18,7 +18,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
-from ggopool._describe import callable_name
+from ggopool._describe import callable_name, short_repr
 from ggopool._instrument import Instrument, TaskInfo
 from ggopool._pool import Pool
 
@@ -60,6 +60,11 @@ class TaskTracer(Instrument):
     def __init__(
         self, tracer_provider: TracerProvider | None = None, record_arguments: bool = True
     ) -> None:
+        if tracer_provider is not None and not isinstance(tracer_provider, TracerProvider):
+            raise TypeError(
+                "tracer_provider must be an opentelemetry.trace.TracerProvider or None, "
+                f"got {short_repr(tracer_provider)}"
+            )
         if type(record_arguments) is not bool:
             raise TypeError(f"record_arguments must be a bool, got {record_arguments!r}")
         self._tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)

@@ -423,3 +423,19 @@ def test_record_arguments_false_leaves_the_call_out(spans: Spans) -> None:
         ggopool.otel.instrument(pool, record_arguments=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"^pool must be a ggopool.Pool, got 'p'$"):
         ggopool.otel.instrument("p")  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize("provider", ["x", 3, object()], ids=["str", "int", "object"])
+def test_a_tracer_provider_that_is_not_one_is_refused_at_the_call(
+    spans: Spans, provider: object
+) -> None:
+    pool = ggopool.new_pool("otel-bad-provider", 1)
+    rule = r"^tracer_provider must be an opentelemetry.trace.TracerProvider or None, got .+$"
+    with pytest.raises(TypeError, match=rule):
+        ggopool.otel.instrument(pool, provider)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=rule):
+        ggopool.otel.TaskTracer(provider)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^tracer_provider must be .* or None, got 'x'$"):
+        ggopool.otel.instrument(pool, "x")  # type: ignore[arg-type]
+    assert pool.instruments == ()  # nothing attached
+    assert pool.submit(abs, -1).get(timeout=5) == 1
