@@ -9,7 +9,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from types import MethodType, TracebackType
+from types import CodeType, MethodType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from gevent import Timeout, get_hub
@@ -90,6 +90,71 @@ def as_exception(exception: object) -> BaseException:
     if isinstance(exception, BaseException):
         return exception
     return BaseException(exception)  # unreachable once checked: never raises here
+
+
+def forget_frames(exc: BaseException) -> None:
+    """Cut the reference cycles a task's exception sits in, so that what its frames held
+    (sockets, files, connections) goes as soon as nothing holds the task or the exception,
+    not when the cyclic GC next runs (``concurrent.futures`` breaks the same cycle).
+
+    The exception's traceback holds the frames it went through, and each frame its locals
+    and its caller (``f_back``): the task's runner (``Task._run``, which holds the task that
+    holds the exception), an instrument's `TaskInfo` call, and the worker loop, whose locals
+    hold the task until its next one. The worker's frames are taken off the front of the
+    traceback, and the pool's frames that have returned are cleared (their locals dropped).
+    The task's own frames are left as they are: a debugger or a report still reads their
+    locals. For a worker whose frames have all returned (one that was killed); never raises.
+    """
+    _clear_pool_frames(_drop_worker_frames(exc))
+
+
+def forget_frames_soon(exc: BaseException, loop: Any) -> None:
+    """`forget_frames`, for a worker that goes on: its frames that hold the task (the task's
+    runner, its loop's when it leaves after this task) are cleared from the hub, once they
+    have returned."""
+    loop.run_callback(_clear_pool_frames, _drop_worker_frames(exc))
+
+
+def _drop_worker_frames(exc: BaseException) -> TracebackType | None:
+    """Take the worker's frames off the front of ``exc``'s traceback; return the rest."""
+    worker = _pool_codes()[1]
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code in worker:
+        tb = tb.tb_next
+    if tb is not exc.__traceback__:
+        exc.__traceback__ = tb
+    return tb
+
+
+def _clear_pool_frames(tb: TracebackType | None) -> None:
+    """Clear the pool's frames at the front of ``tb`` and the pool's frames that called them:
+    clearing a frame drops its locals but not its caller, which the task's frames reach."""
+    own = _pool_codes()[0]
+    frame = None
+    while tb is not None and tb.tb_frame.f_code in own:
+        frame = tb.tb_frame
+        tb = tb.tb_next
+    while frame is not None and frame.f_code in own:
+        with contextlib.suppress(RuntimeError):  # still running: the worker went on
+            frame.clear()
+        frame = frame.f_back
+
+
+_codes: tuple[frozenset[CodeType], frozenset[CodeType]] | None = None
+
+
+def _pool_codes() -> tuple[frozenset[CodeType], frozenset[CodeType]]:
+    """The code of the pool's frames a task's traceback may hold (all of them, and those of
+    the worker loop); imported late, as those modules import this one."""
+    global _codes
+    if _codes is None:
+        from ggopool._instrument import TaskInfo
+        from ggopool._worker import _run, work
+
+        worker = frozenset((work.__code__, _run.__code__))
+        own = worker | {Task._run.__code__, TaskInfo.__call__.__code__}
+        _codes = (own, worker)
+    return _codes
 
 
 class _Spawned:
@@ -257,8 +322,10 @@ class Task(_TaskBase, Generic[T]):
         except GreenletExit as exc:
             self._finish(exc, None, None)
             if exc is self._kill_exc:
-                return  # a kill aimed at this task, not at the worker: the worker goes on
-            raise
+                # A kill aimed at this task, not at the worker: the worker goes on.
+                self._forget_frames_soon(exc)
+                return
+            raise  # the worker forgets the frames (work())
         except BaseException as exc:
             reported = self._spawned or isinstance(exc, get_hub().SYSTEM_ERROR)
             # A reported task keeps its arguments until the report is made, so that the
@@ -266,11 +333,18 @@ class Task(_TaskBase, Generic[T]):
             self._finish(None, exc, exc.__traceback__, keep_call=reported)
             if reported:
                 # The worker counts it and reports it (the pool's panic handler, or the
-                # hub with this task as context), as gevent reports a greenlet's failure.
+                # hub with this task as context), as gevent reports a greenlet's failure,
+                # then forgets the frames (_task_failed).
                 raise
             self._pool._counts.failed += 1
+            self._forget_frames_soon(exc)
             return
         self._finish(value, None, None)
+
+    def _forget_frames_soon(self, exc: BaseException) -> None:
+        # This frame (Task._run's) is still running: it is cleared once it has returned,
+        # which it has by the time the hub runs its callbacks.
+        forget_frames_soon(exc, self._pool._hub.loop)
 
     def _finish(
         self,
@@ -379,7 +453,14 @@ class Task(_TaskBase, Generic[T]):
         # pile up frames.
         exc = self._exc
         assert exc is not None
-        raise exc.with_traceback(self._tb)
+        tb = self._tb
+        # This frame goes into the traceback: it must hold neither the task, which holds the
+        # exception, nor the exception (cycles, as concurrent.futures' Future breaks too).
+        del self
+        try:
+            raise exc.with_traceback(tb)
+        finally:
+            del exc, tb
 
     @property
     def args(self) -> tuple[Any, ...]:
@@ -421,9 +502,15 @@ class Task(_TaskBase, Generic[T]):
             if not block:
                 raise Timeout()
             self._wait(timeout, swallow_own_timeout=False)
-        if self._exc is not None:
-            self._raise_exception()
-        return cast(T, self._value)
+        exc = self._exc
+        if exc is None:
+            return cast(T, self._value)
+        tb = self._tb
+        del self  # as in _raise_exception: this frame goes into the traceback
+        try:
+            raise exc.with_traceback(tb)
+        finally:
+            del exc, tb
 
     def join(self, timeout: float | Timeout | None = None) -> None:
         """Wait until the task is done or ``timeout`` passes, like ``Greenlet.join``."""
@@ -524,7 +611,10 @@ class Task(_TaskBase, Generic[T]):
 
     def result(self, timeout: float | None = None) -> T:
         """Same as ``get(timeout=timeout)``."""
-        return self.get(True, timeout)
+        try:
+            return self.get(True, timeout)
+        finally:
+            del self  # as in _raise_exception: this frame goes into the traceback
 
     def done(self) -> bool:
         """Same as `ready`."""
