@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from time import perf_counter
 from types import MethodType
 from typing import TYPE_CHECKING, Any, cast
@@ -201,7 +201,10 @@ class TaskInfo:
             self.fn: Callable[..., object] = task._fn
             self.args = task._args
             self.kwargs: Mapping[str, Any] = task._kwargs
-            task._add_hook(self._task_done)  # a cancel before it starts finishes it here
+            if not task.ready():
+                task._add_hook(self._task_done)  # a cancel before it starts finishes it here
+            # Else it was cancelled before it reached the queue (while it waited for a place
+            # in a bounded pool): `_queued` finishes it, once the instruments heard of it.
         else:
             self.task = None
             self.fn = target
@@ -227,10 +230,19 @@ class TaskInfo:
                     hook(self)
                 except Exception as exc:  # noqa: BLE001 - reported, and the instrument detached
                     _hook_failed(self.pool, attached, exc)
+        task = self.task
+        if task is not None and task.ready() and self.started_at is None:
+            self._finish(CANCELLED, None)  # cancelled before it was queued (see __init__)
 
     def _finish(self, outcome: str, exc: BaseException | None) -> None:
         # Once per task: from __call__ for one that started, else from _task_done (a
-        # Task's cancel) or _dropped (Pool.kill, a fork).
+        # Task's cancel), _queued or _dropped (Pool.kill, a fork). Held until the pool's
+        # state change is complete, if one is under way (`notifications_held`).
+        if _held:
+            held = _held.get(self.pool)
+            if held is not None:
+                held.append((self, outcome, exc))
+                return
         try:
             for attached, hook in self._hooks.task_finished:
                 if attached.live:
@@ -297,6 +309,37 @@ def _outcome_of(task: Task[Any]) -> tuple[str, BaseException | None]:
     if kill is not None and task._value is kill:
         return KILLED, kill
     return COMPLETED, None
+
+
+#: The pools whose instruments' ``task_finished`` calls are held (`notifications_held`),
+#: with the calls owed. Empty but while a pool's state changes: `TaskInfo._finish` pays one
+#: test of it.
+_held: dict[Pool, list[tuple[TaskInfo, str, BaseException | None]]] = {}
+
+
+@contextlib.contextmanager
+def notifications_held(pool: Pool) -> Iterator[None]:
+    """Hold the ``task_finished`` calls ``pool``'s tasks would make in the block, and make them
+    after it (in order), once the block's state change is complete.
+
+    For the operations that change many parts of a pool's state at once (`Pool.kill`, a
+    forked child's reset): a hook may yield (an exporter that sends each span over the
+    network), and whatever runs meanwhile (workers taking tasks, other greenlets queueing)
+    must find the state either as it was or as it is after, never half-changed. The block
+    itself must not yield. Held in a block already holding them, they are made by the
+    outermost one.
+    """
+    if pool in _held:
+        yield
+        return
+    held: list[tuple[TaskInfo, str, BaseException | None]] = []
+    _held[pool] = held
+    try:
+        yield
+    finally:
+        del _held[pool]
+        for info, outcome, exc in held:
+            info._finish(outcome, exc)
 
 
 def unwrap(fn: object) -> Any:

@@ -421,3 +421,64 @@ def test_attaching_and_removing_from_another_thread_is_handed_over() -> None:
         while pool.instruments:
             gevent.sleep(0.01)
     assert pool._fast_ident == pool._ident
+
+
+class InFlight(ggopool.Instrument):
+    """Keeps each task it was told of in a dict until it finishes, as a tracer keeps its
+    spans; records what it was told out of order."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[ggopool.TaskInfo, str] = {}
+        self.out_of_order: list[str] = []
+
+    def task_queued(self, task: ggopool.TaskInfo) -> None:
+        if task in self.tasks:
+            self.out_of_order.append(f"queued twice: {task.call}")
+        self.tasks[task] = "queued"
+
+    def task_started(self, task: ggopool.TaskInfo) -> None:
+        if self.tasks.get(task) != "queued":
+            self.out_of_order.append(f"started before queued: {task.call}")
+        self.tasks[task] = "started"
+
+    def task_finished(
+        self, task: ggopool.TaskInfo, outcome: str, exc: BaseException | None
+    ) -> None:
+        if self.tasks.pop(task, None) is None:
+            self.out_of_order.append(f"finished before queued: {task.call}")
+
+
+@pytest.mark.parametrize("how", ["cancel", "kill"])
+def test_a_task_cancelled_while_it_waits_for_a_queue_place_is_queued_then_finished(
+    how: str,
+) -> None:
+    # start_later's way in, which spawn_later's is too (Task._queue_later).
+    pool = ggopool.new_pool("in-order", 1, ggopool.Config(max_pending=1))
+    recorder = recorded(pool)
+    in_flight = InFlight()
+    pool.add_instrument(in_flight)
+    held = Event()
+    pool.go(held.wait)
+    gevent.idle()
+    pool.go(abs, -1)  # the one queue place is taken
+
+    def the_later_one() -> None:
+        raise AssertionError("it never runs")
+
+    task = pool.task(the_later_one)
+    task.start_later(0)
+    for _ in range(2000):  # its time comes; it waits for a queue place
+        if pool.stats().pending == 2:
+            break
+        gevent.sleep(0.001)
+    assert pool.stats().pending == 2
+    if how == "cancel":
+        assert task.cancel()
+    else:
+        task.kill(block=False)
+    held.set()
+    assert pool.join(5)
+    assert in_flight.out_of_order == []
+    assert in_flight.tasks == {}  # nothing held for ever
+    mine = [e[0::2] for e in recorder.events if "the_later_one" in e[1]]
+    assert mine == [("queued",), ("finished", "cancelled")]

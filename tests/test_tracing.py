@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import gevent
 import pytest
+from gevent import socket
 from gevent.event import Event
+from gevent.server import StreamServer
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -439,3 +442,69 @@ def test_a_tracer_provider_that_is_not_one_is_refused_at_the_call(
         ggopool.otel.instrument(pool, "x")  # type: ignore[arg-type]
     assert pool.instruments == ()  # nothing attached
     assert pool.submit(abs, -1).get(timeout=5) == 1
+
+
+class NetworkExporter(SpanExporter):
+    """An exporter that sends each span to a collector over a real socket and waits for its
+    answer: it yields, as any exporter that does I/O does under monkey-patching.
+    ``before_send()`` is called before each span goes."""
+
+    def __init__(self, port: int | None, before_send: Any) -> None:
+        assert port is not None
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.before_send = before_send
+        self.outcomes: dict[str, list[str]] = {}
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        for span in spans:
+            self.before_send()
+            self.sock.sendall(b"s")
+            assert self.sock.recv(1) == b"k"
+            attributes = span.attributes or {}
+            call = str(attributes.get("ggopool.task.call"))
+            self.outcomes.setdefault(call, []).append(str(attributes["ggopool.task.outcome"]))
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self.sock.close()
+
+
+def collect(sock: socket.socket, address: Any) -> None:
+    """The collector: answers each span."""
+    while sock.recv(1):
+        sock.sendall(b"k")
+
+
+def test_pool_kill_with_an_exporter_that_yields_kills_every_queued_task_once() -> None:
+    collector = StreamServer(("127.0.0.1", 0), collect)
+    collector.start()
+    release = Event()
+    exporter = NetworkExporter(collector.server_port, release.set)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))  # the documented set-up
+    pool = ggopool.otel.instrument(
+        ggopool.new_pool("otel-network", 1, ggopool.Config(idle_timeout=None)), provider
+    )
+    ran: list[int] = []
+    try:
+        running = pool.submit(release.wait)  # ends while the exporter waits for an answer
+        gevent.idle()
+        for i in range(5):
+            pool.go(ran.append, i)
+        assert pool.kill(timeout=5) is True
+        assert pool.join(5)
+        assert ran == []
+        assert running.dead
+        queued = {
+            call: outcomes for call, outcomes in exporter.outcomes.items() if "append" in call
+        }
+        assert queued == {f"list.append({i})": ["cancelled"] for i in range(5)}
+        stats = pool.stats()
+        assert (stats.cancelled, stats.pending, stats.running, stats.workers) == (5, 0, 0, 0)
+        assert stats.submitted == 6
+        # The pool goes on, traced.
+        assert pool.submit(abs, -7).get(timeout=5) == 7
+        assert exporter.outcomes["abs(-7)"] == ["completed"]
+    finally:
+        provider.shutdown()
+        collector.stop(timeout=5)
