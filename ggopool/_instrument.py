@@ -74,6 +74,10 @@ class Instrument:
       not seen at all.
     * ``worker_started(pool)`` and ``worker_exited(pool)``: a worker greenlet began or
       ended (not each wake-up from the free list).
+    * ``removed(pool)``: the instrument was detached from the pool (`Pool.remove_instrument`,
+      or a hook of it raised), and will not be called again for its tasks: those it saw
+      start and not finish are not finished for it. An instrument that keeps something
+      open for each running task (a tracer's spans) ends it here.
     * Hooks must not block: they run on the task's way through the pool. An ``Exception``
       from a hook is reported through ``gevent.get_hub().handle_error`` and the
       instrument is detached from the pool; the task goes on as if nothing happened.
@@ -96,6 +100,9 @@ class Instrument:
 
     def worker_exited(self, pool: Pool) -> None:
         """A worker greenlet of the pool ended."""
+
+    def removed(self, pool: Pool) -> None:
+        """The instrument was detached from the pool: no hook of it is called again."""
 
 
 class _Attached:
@@ -357,11 +364,15 @@ def _hook_failed(pool: Pool, attached: _Attached, exc: Exception) -> None:
     a GreenletExit that kills the greenlet meanwhile)."""
     attached.live = False
     remove_instrument(pool, attached.instrument)
+    _report_hook_failure(pool, attached.instrument, exc)
+
+
+def _report_hook_failure(pool: Pool, instrument: object, exc: Exception) -> None:
+    """Report a detached instrument's exception through the hub. Never raises (but a
+    GreenletExit that kills the greenlet meanwhile)."""
     try:
         hub = get_hub()
-        hub.handle_error(
-            _FailedInstrument(pool, attached.instrument), type(exc), exc, exc.__traceback__
-        )
+        hub.handle_error(_FailedInstrument(pool, instrument), type(exc), exc, exc.__traceback__)
     except GreenletExit:
         raise
     except BaseException:  # noqa: BLE001 - nowhere left to say it but stderr
@@ -468,6 +479,13 @@ def remove_instrument(pool: Pool, instrument: object) -> None:
     rest = tuple(one for one in attached if one is not found[0])
     pool._instruments = Instruments(rest) if rest else None
     pool._route()
+    # Told once the pool's state says it is gone: its hook may yield, or remove others.
+    removed = getattr(type(instrument), "removed", None)
+    if removed is not None and removed is not Instrument.removed:
+        try:
+            instrument.removed(pool)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - reported; it is detached already
+            _report_hook_failure(pool, instrument, exc)
 
 
 def instruments_of(pool: Pool) -> tuple[object, ...]:

@@ -482,3 +482,51 @@ def test_a_task_cancelled_while_it_waits_for_a_queue_place_is_queued_then_finish
     assert in_flight.tasks == {}  # nothing held for ever
     mine = [e[0::2] for e in recorder.events if "the_later_one" in e[1]]
     assert mine == [("queued",), ("finished", "cancelled")]
+
+
+class Removals(ggopool.Instrument):
+    def __init__(self, fail_in: str = "") -> None:
+        self.removed_from: list[str] = []
+        self.fail_in = fail_in
+
+    def task_started(self, task: ggopool.TaskInfo) -> None:
+        if self.fail_in == "task_started":
+            raise ValueError("hook")
+
+    def removed(self, pool: ggopool.Pool) -> None:
+        assert self not in pool.instruments  # told once the pool's state says so
+        self.removed_from.append(pool.name)
+        if self.fail_in == "removed":
+            raise KeyError("removed")
+
+
+def test_an_instrument_is_told_once_when_it_is_removed_or_detached(
+    hub_errors: HubErrors,
+) -> None:
+    a, b = ggopool.new_pool("removal-a", 1), ggopool.new_pool("removal-b", 1)
+    removals = Removals()
+    a.add_instrument(removals)
+    b.add_instrument(removals)
+    a.remove_instrument(removals)
+    assert removals.removed_from == ["removal-a"]
+    with pytest.raises(ValueError):
+        a.remove_instrument(removals)  # not attached: nothing more
+    assert removals.removed_from == ["removal-a"]
+    assert b.instruments == (removals,)
+
+    raising = Removals(fail_in="task_started")
+    a.add_instrument(raising)
+    a.go(abs, -1)
+    assert a.join(5)
+    assert raising.removed_from == ["removal-a"]  # detached because it raised
+    [(_, type_, _)] = hub_errors.take()
+    assert type_ is ValueError
+
+    failing = Removals(fail_in="removed")
+    a.add_instrument(failing)
+    a.remove_instrument(failing)
+    [(context, type_, _)] = hub_errors.take()  # reported; it is removed all the same
+    assert type_ is KeyError
+    assert "removal-a" in repr(context)
+    assert a.instruments == ()
+    assert a.submit(abs, -2).get(timeout=5) == 2

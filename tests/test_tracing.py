@@ -508,3 +508,107 @@ def test_pool_kill_with_an_exporter_that_yields_kills_every_queued_task_once() -
     finally:
         provider.shutdown()
         collector.stop(timeout=5)
+
+
+def test_removing_the_tracer_ends_the_spans_of_the_tasks_running_then(spans: Spans) -> None:
+    tracer = ggopool.otel.TaskTracer(spans.provider)
+    pool = ggopool.new_pool("otel-removed", 2)
+    other = ggopool.new_pool("otel-kept", 1)
+    pool.add_instrument(tracer)
+    other.add_instrument(tracer)  # one tracer on two pools: removed from one only
+    removed = Event()
+
+    def runs_across_the_removal(name: str) -> None:
+        removed.wait()
+        spans.child(name)  # opened after the removal: a child of the task's span
+
+    pool.go(runs_across_the_removal, "child")
+    other.go(runs_across_the_removal, "other child")
+    gevent.idle()
+    pool.remove_instrument(tracer)
+    found = {s.name: s for s in spans.exporter.get_finished_spans()}
+    task = found[runs_across_the_removal.__qualname__]  # ended at the removal
+    assert task.attributes is not None
+    assert task.attributes["ggopool.pool"] == "otel-removed"
+    assert task.attributes["ggopool.task.outcome"] == "running"
+    assert isinstance(task.attributes["ggopool.task.run_time"], float)
+    removed.set()
+    assert pool.join(5)
+    assert other.join(5)
+    pool.go(abs, -1)  # no longer traced
+    assert pool.join(5)
+    ended = spans.exporter.get_finished_spans()
+    # Each task's span once (the removed pool's abs(-1) has none), and each child.
+    assert sorted(s.name for s in ended) == sorted(
+        ["child", "other child", *[runs_across_the_removal.__qualname__] * 2]
+    )
+    by_pool = {(s.name, str((s.attributes or {}).get("ggopool.pool"))): s for s in ended}
+    task = by_pool[(runs_across_the_removal.__qualname__, "otel-removed")]
+    child = by_pool[("child", "None")]
+    assert task.context is not None
+    assert child.parent is not None
+    assert child.parent.span_id == task.context.span_id
+    kept = by_pool[(runs_across_the_removal.__qualname__, "otel-kept")]
+    assert kept.attributes is not None
+    assert kept.attributes["ggopool.task.outcome"] == "completed"  # the other pool's: as ever
+    assert repr(tracer) == "<ggopool.otel.TaskTracer spans open=0>"
+
+
+def test_only_a_failed_tasks_span_records_the_exception_and_an_error_status(
+    spans: Spans, hub_errors: HubErrors
+) -> None:
+    pool = traced_pool(spans, "otel-outcomes", cap=3)
+    release = Event()
+
+    def waits(name: str) -> None:
+        release.wait()
+
+    def fails(name: str) -> None:
+        raise KeyError(name)
+
+    completed = pool.submit(abs, -1)
+    failed = pool.submit(fails, "failed")
+    killed = pool.submit(waits, "killed")
+    killed_with_error = pool.submit(waits, "killed with an error")
+    gevent.idle()
+    cancelled = pool.submit(waits, "cancelled")  # queued: every worker is busy
+    killed_queued = pool.submit(waits, "killed queued")
+    pool_killed = pool.submit(waits, "pool killed")
+    assert cancelled.cancel()
+    killed_queued.kill(block=False)
+    killed.kill(timeout=5)
+    killed_with_error.kill(ValueError("with an error"), timeout=5)
+    gevent.idle()  # pool_killed starts on a freed worker
+    assert pool.kill(timeout=5)
+    for task in (completed, failed, killed, killed_with_error, cancelled, pool_killed):
+        assert task.dead
+    assert hub_errors.take() == []  # submitted: not reported
+
+    by_call = {
+        (s.attributes or {}).get("ggopool.task.call"): s
+        for s in spans.exporter.get_finished_spans()
+    }
+
+    def ended(call: str) -> tuple[object, trace.StatusCode, list[str]]:
+        span = by_call[call]
+        outcome = (span.attributes or {})["ggopool.task.outcome"]
+        return outcome, span.status.status_code, [event.name for event in span.events]
+
+    started = "ggopool.task.started"
+    unset = trace.StatusCode.UNSET
+    assert ended("abs(-1)") == ("completed", unset, [started])
+    assert ended(f"{fails.__qualname__}('failed')") == (
+        "failed",
+        trace.StatusCode.ERROR,
+        [started, "exception"],
+    )
+    assert ended(f"{waits.__qualname__}('killed with an error')") == (
+        "failed",  # a kill with another exception fails the task, as documented
+        trace.StatusCode.ERROR,
+        [started, "exception"],
+    )
+    assert ended(f"{waits.__qualname__}('killed')") == ("killed", unset, [started])
+    assert ended(f"{waits.__qualname__}('pool killed')") == ("killed", unset, [started])
+    assert ended(f"{waits.__qualname__}('cancelled')") == ("cancelled", unset, [])
+    assert ended(f"{waits.__qualname__}('killed queued')") == ("cancelled", unset, [])
+    assert by_call[f"{fails.__qualname__}('failed')"].status.description == "KeyError: 'failed'"
