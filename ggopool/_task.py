@@ -336,7 +336,9 @@ class Task(_TaskBase, Generic[T]):
                 # hub with this task as context), as gevent reports a greenlet's failure,
                 # then forgets the frames (_task_failed).
                 raise
-            self._pool._counts.failed += 1
+            pool = self._pool
+            if getcurrent() in pool._greenlets:  # not a worker inherited across a fork
+                pool._counts.failed += 1
             self._forget_frames_soon(exc)
             return
         self._finish(value, None, None)

@@ -47,6 +47,7 @@ from greenlet import greenlet as RawGreenlet
 
 from ggopool._locals import clear_locals
 from ggopool._panic import report_failure, report_worker_failure
+from ggopool._stats import Counts
 from ggopool._task import forget_frames, forget_frames_soon
 
 if TYPE_CHECKING:
@@ -196,7 +197,9 @@ def _task_failed(
     # must miss it, whether the kill came before (the task ended) or comes meanwhile.
     marks = me.__dict__
     marks[_LEAVING_MARK] = _TASK_ENDED if me.state is LEAVING else _REPORTING
-    counts = pool._counts
+    # A worker inherited across a fork (or from a destroyed hub) is not the pool's any
+    # more: it reports its task's failure, but the counts are the new pool's.
+    counts = pool._counts if me in pool._greenlets else Counts()
     counts.failed += 1
     counts.reporting += 1  # done: no longer running while its report runs
     try:
