@@ -70,8 +70,9 @@ class Instrument:
       ``Task.cancel``, ``Task.kill``, ``Pool.kill``, a group that cancels on error, or a
       fork that left it to the parent; then it is called where that happened).
     * Every task an instrument saw queued is finished exactly once for it, in this
-      process, as long as it stays attached. Tasks queued before it was attached are
-      not seen at all.
+      process, as long as it stays attached, and it hears of the task as queued before
+      anything else of it (even if another instrument's hook yields meanwhile). Tasks
+      queued before it was attached are not seen at all.
     * ``worker_started(pool)`` and ``worker_exited(pool)``: a worker greenlet began or
       ended (not each wake-up from the free list).
     * ``removed(pool)``: the instrument was detached from the pool (`Pool.remove_instrument`,
@@ -178,6 +179,7 @@ class TaskInfo:
     __slots__ = (
         "_hooks",
         "_target",
+        "_untold",
         "args",
         "context",
         "fn",
@@ -202,6 +204,8 @@ class TaskInfo:
         self._target = target  # what the worker calls: fn, or a Task's runner
         self.context = ctx
         self.started_at: float | None = None  # None: not started (yet)
+        # The task_queued hooks not called yet, while `_queued` calls them (see there).
+        self._untold: list[_Hook] | None = None
         if type(target) is MethodType and is_task_runner(target, pool):
             task: Task[Any] = target.__self__  # type: ignore[assignment]
             self.task: Task[Any] | None = task
@@ -231,15 +235,30 @@ class TaskInfo:
 
     def _queued(self) -> None:
         # (Called by Pool._push once the entry is queued and the spawn rule applied.)
-        for attached, hook in self._hooks.task_queued:
+        task = self.task
+        # Cancelled before it was queued (see __init__): finished once told queued.
+        done = task is not None and task.ready()
+        hooks = self._hooks.task_queued
+        if hooks:
+            self._untold = list(hooks)
+            self._tell_queued()
+        if done:
+            self._finish(CANCELLED, None)
+
+    def _tell_queued(self) -> None:
+        """Call the task_queued hooks not called yet. A hook may yield (against the rules,
+        but it may), and the task start or finish meanwhile: then the start or the finish
+        calls the rest first, so each instrument hears of the task as queued before anything
+        else of it, once."""
+        untold = self._untold
+        while untold:
+            attached, hook = untold.pop(0)
             if attached.live:
                 try:
                     hook(self)
                 except Exception as exc:  # noqa: BLE001 - reported, and the instrument detached
                     _hook_failed(self.pool, attached, exc)
-        task = self.task
-        if task is not None and task.ready() and self.started_at is None:
-            self._finish(CANCELLED, None)  # cancelled before it was queued (see __init__)
+        self._untold = None
 
     def _finish(self, outcome: str, exc: BaseException | None) -> None:
         # Once per task: from __call__ for one that started, else from _task_done (a
@@ -250,6 +269,8 @@ class TaskInfo:
             if held is not None:
                 held.append((self, outcome, exc))
                 return
+        if self._untold:
+            self._tell_queued()
         try:
             for attached, hook in self._hooks.task_finished:
                 if attached.live:
@@ -267,6 +288,8 @@ class TaskInfo:
         task = self.task
         if task is not None and task.cancelled():
             return self._target(*args, **kwargs)  # the Task skips it; finished at its cancel
+        if self._untold:
+            self._tell_queued()
         self.started_at = perf_counter()
         # Killed, unless the call returns or raises otherwise.
         outcome: str = KILLED

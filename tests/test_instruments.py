@@ -530,3 +530,48 @@ def test_an_instrument_is_told_once_when_it_is_removed_or_detached(
     assert "removal-a" in repr(context)
     assert a.instruments == ()
     assert a.submit(abs, -2).get(timeout=5) == 2
+
+
+class YieldsWhenQueued(ggopool.Instrument):
+    """A task_queued hook that yields (against the rules): what else runs meanwhile may
+    start the task, or cancel it (``meanwhile``, in a greenlet of its own)."""
+
+    def __init__(self, meanwhile: Any = None) -> None:
+        self.meanwhile = meanwhile
+
+    def task_queued(self, task: ggopool.TaskInfo) -> None:
+        if self.meanwhile is not None:
+            gevent.spawn(self.meanwhile, task)
+        gevent.sleep(0)
+
+
+def cancel(task: ggopool.TaskInfo) -> None:
+    assert task.task is not None
+    assert task.task.cancel()
+
+
+@pytest.mark.parametrize("ends", ["runs", "is cancelled"])
+def test_each_instrument_hears_of_a_task_as_queued_first_even_if_another_yields(
+    ends: str,
+) -> None:
+    pool = ggopool.new_pool("queued-first", 1, ggopool.Config(idle_timeout=None))
+    held = Event()
+    if ends == "is cancelled":
+        pool.go(held.wait)  # the one worker is busy: the task stays queued
+        gevent.idle()
+    pool.add_instrument(YieldsWhenQueued(cancel if ends == "is cancelled" else None))
+    in_flight = InFlight()
+    pool.add_instrument(in_flight)
+    recorder = recorded(pool)
+    # It starts and ends, or is cancelled, while the first instrument's hook yields.
+    pool.submit(abs, -1)
+    gevent.idle()
+    held.set()
+    assert pool.join(5)
+    assert in_flight.out_of_order == []
+    assert in_flight.tasks == {}
+    mine = [e[0::2] for e in recorder.events if len(e) > 1 and e[1].startswith("abs(")]
+    if ends == "runs":
+        assert mine == [("queued",), ("started",), ("finished", "completed")]
+    else:
+        assert mine == [("queued",), ("finished", "cancelled")]
