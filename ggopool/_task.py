@@ -111,8 +111,10 @@ def forget_frames(exc: BaseException) -> None:
 def forget_frames_soon(exc: BaseException, loop: Any) -> None:
     """`forget_frames`, for a worker that goes on: its frames that hold the task (the task's
     runner, its loop's when it leaves after this task) are cleared from the hub, once they
-    have returned."""
-    loop.run_callback(_clear_pool_frames, _drop_worker_frames(exc))
+    have returned. Never raises."""
+    tb = _drop_worker_frames(exc)
+    if loop is not None:  # None: the hub was destroyed; the cyclic GC frees them then
+        loop.run_callback(_clear_pool_frames, tb)
 
 
 def _drop_worker_frames(exc: BaseException) -> TracebackType | None:
