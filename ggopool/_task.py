@@ -129,9 +129,10 @@ def _drop_worker_frames(exc: BaseException) -> TracebackType | None:
 
 
 def _clear_pool_frames(tb: TracebackType | None) -> None:
-    """Clear the pool's frames at the front of ``tb`` and the pool's frames that called them:
-    clearing a frame drops its locals but not its caller, which the task's frames reach."""
-    own = _pool_codes()[0]
+    """Clear the pool's frames at the front of ``tb`` and the pool's frames that called them
+    (clearing a frame drops its locals but not its caller, which the task's frames reach),
+    and, further on, those of a task that killed itself (``Task.kill`` holds the task)."""
+    own, _, called = _pool_codes()
     frame = None
     while tb is not None and tb.tb_frame.f_code in own:
         frame = tb.tb_frame
@@ -140,14 +141,20 @@ def _clear_pool_frames(tb: TracebackType | None) -> None:
         with contextlib.suppress(RuntimeError):  # still running: the worker went on
             frame.clear()
         frame = frame.f_back
+    while tb is not None:
+        if tb.tb_frame.f_code in called:
+            with contextlib.suppress(RuntimeError):
+                tb.tb_frame.clear()
+        tb = tb.tb_next
 
 
-_codes: tuple[frozenset[CodeType], frozenset[CodeType]] | None = None
+_codes: tuple[frozenset[CodeType], frozenset[CodeType], frozenset[CodeType]] | None = None
 
 
-def _pool_codes() -> tuple[frozenset[CodeType], frozenset[CodeType]]:
-    """The code of the pool's frames a task's traceback may hold (all of them, and those of
-    the worker loop); imported late, as those modules import this one."""
+def _pool_codes() -> tuple[frozenset[CodeType], frozenset[CodeType], frozenset[CodeType]]:
+    """The code of the pool's frames a task's traceback may hold: those that call the task
+    (and of them, the worker loop's), and the methods a task may call to kill itself.
+    Imported late, as those modules import this one."""
     global _codes
     if _codes is None:
         from ggopool._instrument import TaskInfo
@@ -155,7 +162,8 @@ def _pool_codes() -> tuple[frozenset[CodeType], frozenset[CodeType]]:
 
         worker = frozenset((work.__code__, _run.__code__))
         own = worker | {Task._run.__code__, TaskInfo.__call__.__code__}
-        _codes = (own, worker)
+        called = frozenset((Task.kill.__code__, Task.throw.__code__, Task._aim_kill.__code__))
+        _codes = (own, worker, called)
     return _codes
 
 

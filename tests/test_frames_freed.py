@@ -242,3 +242,29 @@ def test_a_handler_killed_by_stop_closes_the_connection_at_once(kind: str) -> No
     assert entered.wait(5)
     server.stop(timeout=0.01)  # waits, then kills the handler
     assert closed_by_the_server(client)
+
+
+@pytest.mark.parametrize("how", ["kill", "throw", "kill(KeyError)"])
+def test_a_task_that_killed_itself_frees_its_frames(how: str) -> None:
+    pool = new_pool("self-killed", instrumented=False)
+    held = Held()
+    handle: list[Any] = []
+
+    def kills_itself() -> None:
+        resource = Resource()
+        held.refs.append(weakref.ref(resource))
+        # Not in a local: this frame, which the task's traceback keeps, must not hold it.
+        if how == "kill":
+            handle[0].kill()
+        elif how == "throw":
+            handle[0].throw()
+        else:
+            handle[0].kill(KeyError("itself"))
+
+    task = pool.submit(kills_itself)
+    handle.append(task)
+    task.join(5)
+    assert task.dead
+    handle.clear()
+    del task
+    assert held.alive() == []
