@@ -679,6 +679,9 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         `Task.kill` on that task is a new kill. Members added with `add` are killed with
         it too, as gevent's ``Pool.kill`` kills its greenlets.
 
+        ``exception`` is an exception class or instance, as gevent's: anything else raises
+        TypeError, and nothing is killed.
+
         With ``block``, waits up to ``timeout`` seconds for the workers (and the added
         members) to end; True if they all did. ``timeout`` comes first, for the callers
         of ``kill(timeout)``; ``exception`` and ``block`` are keywords.

@@ -224,7 +224,13 @@ class Task(_TaskBase, Generic[T]):
       (the default ``GreenletExit`` becomes its value, so ``successful()`` is True); a
       running one gets ``exception`` raised inside it, and its worker goes on with the
       next task. Each kill is a new one: a task that caught the first kill's exception
-      and went on gets the second kill's, as a greenlet does.
+      and went on gets the second kill's, as a greenlet does. ``exception`` is an
+      exception class or instance (or a ``(type, value, tb)`` triple), as gevent's;
+      anything else raises TypeError at the call and kills nothing.
+    * A task that raised or was killed keeps its exception and traceback, and with them
+      its frames' locals, for as long as something holds the task (or the exception); no
+      reference cycle keeps them longer, so a connection it held closes as soon as the
+      task is dropped, as a ``concurrent.futures`` Future's would.
     * ``cancel()`` (a Future's): a queued task never runs, and ``get()`` raises
       `TaskCancelled`. ``cancelled()`` is True for a task stopped before it ran by either.
     * ``link``/``link_value``/``link_exception`` call ``callback(task)`` in a greenlet of
