@@ -22,7 +22,7 @@ from ggopool._config import check_int_at_least, check_timeout
 from ggopool._describe import short_repr
 from ggopool._entry import NO_KWARGS
 from ggopool._errors import PoolClosed, PoolFull
-from ggopool._task import _LATER, _UNSTARTED, as_exception
+from ggopool._task import _LATER, _UNSTARTED, as_exception, check_exception
 from ggopool._task import Task as _Task
 from ggopool._threads import allocate_lock as _allocate_lock
 from ggopool._threads import get_ident as _get_ident
@@ -626,6 +626,7 @@ class GeventPoolMixin:
         """Kill ``task`` if it is a member (with ``exception``, as ``Task.kill`` does);
         with ``block``, wait up to ``timeout`` seconds for it to finish."""
         timeout = check_timeout(timeout)
+        check_exception(exception)
         membership = self._membership_or_none
         if membership is None or task not in membership.tasks or task in membership.dying:
             return  # not a member, or killed already: gevent's killone fires once

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from time import perf_counter
 from types import MethodType
 from typing import TYPE_CHECKING, Any, cast
@@ -70,10 +70,15 @@ class Instrument:
       ``Task.cancel``, ``Task.kill``, ``Pool.kill``, a group that cancels on error, or a
       fork that left it to the parent; then it is called where that happened).
     * Every task an instrument saw queued is finished exactly once for it, in this
-      process, as long as it stays attached. Tasks queued before it was attached are
-      not seen at all.
+      process, as long as it stays attached, and it hears of the task as queued before
+      anything else of it (even if another instrument's hook yields meanwhile). Tasks
+      queued before it was attached are not seen at all.
     * ``worker_started(pool)`` and ``worker_exited(pool)``: a worker greenlet began or
       ended (not each wake-up from the free list).
+    * ``removed(pool)``: the instrument was detached from the pool (`Pool.remove_instrument`,
+      or a hook of it raised), and will not be called again for its tasks: those it saw
+      start and not finish are not finished for it. An instrument that keeps something
+      open for each running task (a tracer's spans) ends it here.
     * Hooks must not block: they run on the task's way through the pool. An ``Exception``
       from a hook is reported through ``gevent.get_hub().handle_error`` and the
       instrument is detached from the pool; the task goes on as if nothing happened.
@@ -96,6 +101,9 @@ class Instrument:
 
     def worker_exited(self, pool: Pool) -> None:
         """A worker greenlet of the pool ended."""
+
+    def removed(self, pool: Pool) -> None:
+        """The instrument was detached from the pool: no hook of it is called again."""
 
 
 class _Attached:
@@ -171,6 +179,7 @@ class TaskInfo:
     __slots__ = (
         "_hooks",
         "_target",
+        "_untold",
         "args",
         "context",
         "fn",
@@ -195,13 +204,18 @@ class TaskInfo:
         self._target = target  # what the worker calls: fn, or a Task's runner
         self.context = ctx
         self.started_at: float | None = None  # None: not started (yet)
+        # The task_queued hooks not called yet, while `_queued` calls them (see there).
+        self._untold: list[_Hook] | None = None
         if type(target) is MethodType and is_task_runner(target, pool):
             task: Task[Any] = target.__self__  # type: ignore[assignment]
             self.task: Task[Any] | None = task
             self.fn: Callable[..., object] = task._fn
             self.args = task._args
             self.kwargs: Mapping[str, Any] = task._kwargs
-            task._add_hook(self._task_done)  # a cancel before it starts finishes it here
+            if not task.ready():
+                task._add_hook(self._task_done)  # a cancel before it starts finishes it here
+            # Else it was cancelled before it reached the queue (while it waited for a place
+            # in a bounded pool): `_queued` finishes it, once the instruments heard of it.
         else:
             self.task = None
             self.fn = target
@@ -221,16 +235,42 @@ class TaskInfo:
 
     def _queued(self) -> None:
         # (Called by Pool._push once the entry is queued and the spawn rule applied.)
-        for attached, hook in self._hooks.task_queued:
+        task = self.task
+        # Cancelled before it was queued (see __init__): finished once told queued.
+        done = task is not None and task.ready()
+        hooks = self._hooks.task_queued
+        if hooks:
+            self._untold = list(hooks)
+            self._tell_queued()
+        if done:
+            self._finish(CANCELLED, None)
+
+    def _tell_queued(self) -> None:
+        """Call the task_queued hooks not called yet. A hook may yield (against the rules,
+        but it may), and the task start or finish meanwhile: then the start or the finish
+        calls the rest first, so each instrument hears of the task as queued before anything
+        else of it, once."""
+        untold = self._untold
+        while untold:
+            attached, hook = untold.pop(0)
             if attached.live:
                 try:
                     hook(self)
                 except Exception as exc:  # noqa: BLE001 - reported, and the instrument detached
                     _hook_failed(self.pool, attached, exc)
+        self._untold = None
 
     def _finish(self, outcome: str, exc: BaseException | None) -> None:
         # Once per task: from __call__ for one that started, else from _task_done (a
-        # Task's cancel) or _dropped (Pool.kill, a fork).
+        # Task's cancel), _queued or _dropped (Pool.kill, a fork). Held until the pool's
+        # state change is complete, if one is under way (`notifications_held`).
+        if _held:
+            held = _held.get(self.pool)
+            if held is not None:
+                held.append((self, outcome, exc))
+                return
+        if self._untold:
+            self._tell_queued()
         try:
             for attached, hook in self._hooks.task_finished:
                 if attached.live:
@@ -248,6 +288,8 @@ class TaskInfo:
         task = self.task
         if task is not None and task.cancelled():
             return self._target(*args, **kwargs)  # the Task skips it; finished at its cancel
+        if self._untold:
+            self._tell_queued()
         self.started_at = perf_counter()
         # Killed, unless the call returns or raises otherwise.
         outcome: str = KILLED
@@ -299,6 +341,37 @@ def _outcome_of(task: Task[Any]) -> tuple[str, BaseException | None]:
     return COMPLETED, None
 
 
+#: The pools whose instruments' ``task_finished`` calls are held (`notifications_held`),
+#: with the calls owed. Empty but while a pool's state changes: `TaskInfo._finish` pays one
+#: test of it.
+_held: dict[Pool, list[tuple[TaskInfo, str, BaseException | None]]] = {}
+
+
+@contextlib.contextmanager
+def notifications_held(pool: Pool) -> Iterator[None]:
+    """Hold the ``task_finished`` calls ``pool``'s tasks would make in the block, and make them
+    after it (in order), once the block's state change is complete.
+
+    For the operations that change many parts of a pool's state at once (`Pool.kill`, a
+    forked child's reset): a hook may yield (an exporter that sends each span over the
+    network), and whatever runs meanwhile (workers taking tasks, other greenlets queueing)
+    must find the state either as it was or as it is after, never half-changed. The block
+    itself must not yield. Held in a block already holding them, they are made by the
+    outermost one.
+    """
+    if pool in _held:
+        yield
+        return
+    held: list[tuple[TaskInfo, str, BaseException | None]] = []
+    _held[pool] = held
+    try:
+        yield
+    finally:
+        del _held[pool]
+        for info, outcome, exc in held:
+            info._finish(outcome, exc)
+
+
 def unwrap(fn: object) -> Any:
     """A queued callable as the pool's own code knows it: an instrumented entry's target."""
     return fn._target if type(fn) is TaskInfo else fn
@@ -314,11 +387,15 @@ def _hook_failed(pool: Pool, attached: _Attached, exc: Exception) -> None:
     a GreenletExit that kills the greenlet meanwhile)."""
     attached.live = False
     remove_instrument(pool, attached.instrument)
+    _report_hook_failure(pool, attached.instrument, exc)
+
+
+def _report_hook_failure(pool: Pool, instrument: object, exc: Exception) -> None:
+    """Report a detached instrument's exception through the hub. Never raises (but a
+    GreenletExit that kills the greenlet meanwhile)."""
     try:
         hub = get_hub()
-        hub.handle_error(
-            _FailedInstrument(pool, attached.instrument), type(exc), exc, exc.__traceback__
-        )
+        hub.handle_error(_FailedInstrument(pool, instrument), type(exc), exc, exc.__traceback__)
     except GreenletExit:
         raise
     except BaseException:  # noqa: BLE001 - nowhere left to say it but stderr
@@ -425,6 +502,13 @@ def remove_instrument(pool: Pool, instrument: object) -> None:
     rest = tuple(one for one in attached if one is not found[0])
     pool._instruments = Instruments(rest) if rest else None
     pool._route()
+    # Told once the pool's state says it is gone: its hook may yield, or remove others.
+    removed = getattr(type(instrument), "removed", None)
+    if removed is not None and removed is not Instrument.removed:
+        try:
+            instrument.removed(pool)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - reported; it is detached already
+            _report_hook_failure(pool, instrument, exc)
 
 
 def instruments_of(pool: Pool) -> tuple[object, ...]:

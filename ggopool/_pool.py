@@ -23,10 +23,10 @@ from ggopool._config import Config, check_int_at_least, check_timeout
 from ggopool._entry import NO_KWARGS, SLOTS, Entry
 from ggopool._errors import PoolClosed, PoolFull
 from ggopool._gevent_pool import GeventPoolMixin
-from ggopool._instrument import Instruments, InstrumentsMixin, dropped
+from ggopool._instrument import Instruments, InstrumentsMixin, dropped, notifications_held
 from ggopool._panic import PanicHandler
 from ggopool._stats import Counts, PoolStats
-from ggopool._task import Task, as_exception, is_task_runner
+from ggopool._task import Task, as_exception, check_exception, is_task_runner
 from ggopool._threads import allocate_lock
 from ggopool._threads import get_ident as _get_ident
 from ggopool._worker import (
@@ -323,19 +323,21 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         # it, so that a worker inherited mid-task finds nothing more to run here, and tell
         # the child's handles of those tasks that they will not run here. Wake the
         # inherited parked workers so that they see the new generation and exit. A closed
-        # pool stays closed: that was the application's decision.
-        for fn in itertools.islice(self._tasks, 1, None, SLOTS):
-            fn = dropped(fn)  # an instrument's entry: they hear of it
-            if is_task_runner(fn, self):
-                fn.__self__._left_in_parent()
-        for task in list(self._later):
-            task._left_in_parent()  # spawn_later's: its timer was the parent's
-        self._tasks.clear()
-        parked = list(self._parked)
-        closed = self._closed
-        self._reset()
-        if closed:
-            self.close()
+        # pool stays closed: that was the application's decision. The instruments hear of
+        # the dropped tasks once the reset is complete (a hook may yield).
+        with notifications_held(self):
+            for fn in itertools.islice(self._tasks, 1, None, SLOTS):
+                fn = dropped(fn)  # an instrument's entry: they hear of it
+                if is_task_runner(fn, self):
+                    fn.__self__._left_in_parent()
+            for task in list(self._later):
+                task._left_in_parent()  # spawn_later's: its timer was the parent's
+            self._tasks.clear()
+            parked = list(self._parked)
+            closed = self._closed
+            self._reset()
+            if closed:
+                self.close()
         loop = self._hub.loop
         if loop is None:
             return  # its hub was destroyed: its parked workers went with it
@@ -684,6 +686,9 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         `Task.kill` on that task is a new kill. Members added with `add` are killed with
         it too, as gevent's ``Pool.kill`` kills its greenlets.
 
+        ``exception`` is an exception class or instance, as gevent's: anything else raises
+        TypeError, and nothing is killed.
+
         With ``block``, waits up to ``timeout`` seconds for the workers (and the added
         members) to end; True if they all did. ``timeout`` comes first, for the callers
         of ``kill(timeout)``; ``exception`` and ``block`` are keywords.
@@ -691,67 +696,70 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         timeout = check_timeout(timeout)
         if not isinstance(block, bool):
             raise TypeError(f"block must be a bool, got {block!r}")
+        check_exception(exception)
         counts = self._counts
         tasks = self._tasks
         # Every part of the pool's state changes first, and the killed tasks are reported
         # last: a report may run a panic handler that yields, and whatever runs meanwhile
-        # finds the queue empty and each killed task marked.
-        queued = [dropped(fn) for fn in itertools.islice(tasks, 1, None, SLOTS)]
-        tasks.clear()
-        # Entries cancelled before are counted as cancelled already and gave their slot
-        # back then; the others are cancelled now.
-        killed: list[Task[Any]] = []
-        already = 0
-        for fn in queued:
-            if is_task_runner(fn, self):
-                if fn.__self__.cancelled():
-                    already += 1
-                else:
-                    killed.append(fn.__self__)
-        newly = len(queued) - already
-        counts.cancelled_queued -= already
-        counts.dropped += newly + already
-        if self._slots is not None:
-            for _ in range(newly):
-                self._slots.release()
-        # Tasks accepted from other threads and not on the queue yet (no slot held).
-        handed: list[Entry] = []
-        inbox = self._inbox
-        while inbox:
-            handed.append(inbox.popleft())
-        for waiting in self._awaiting:
-            handed.append(waiting[0])  # type: ignore[arg-type]  # None only once dropped
-            waiting[0] = None
-        self._awaiting.clear()
-        handed_before = 0  # cancelled (or killed) while handed over: counted then
-        for _, fn, _, _ in handed:
-            if is_task_runner(fn, self):
-                if fn.__self__.cancelled():  # type: ignore[attr-defined]
-                    handed_before += 1
-                    if self._slots is not None:
-                        # Its cancel gave back a slot it never held (it was on no queue).
-                        self._slots.acquire(blocking=False)
-                else:
-                    killed.append(fn.__self__)  # type: ignore[attr-defined]
-        counts.cancelled_queued -= handed_before
-        self._submitted += len(handed)
-        counts.dropped += len(handed)
-        counts.cancelled += newly + len(handed) - handed_before
-        reports = [task._set_killed(exception) for task in killed]
-        current = getcurrent()
-        dying = self._dying_workers()
-        greenlets = list(self._greenlets)
-        for worker in greenlets:
-            if worker is current or worker.state is LEAVING:
-                continue  # the caller: it gets the exception below; or hit by an earlier kill
-            where = _OUTSIDE_TASK
-            if worker.state is RUNNING:
-                # Now: it leaves after this task (or this report), and takes no other.
-                where = _IN_TASK if aim_kill(worker) else _IN_REPORT
-                if where is _IN_TASK and worker in dying:
-                    continue  # its task was killed by killone: not hit again, as in gevent
-            # Scheduled after the callbacks that start new workers, so each has started.
-            self._hub.loop.run_callback(_kill_worker, worker, exception, where)
+        # finds the queue empty and each killed task marked. The instruments are told
+        # in between (they may yield too: an exporter that sends spans over the network).
+        with notifications_held(self):
+            queued = [dropped(fn) for fn in itertools.islice(tasks, 1, None, SLOTS)]
+            tasks.clear()
+            # Entries cancelled before are counted as cancelled already and gave their slot
+            # back then; the others are cancelled now.
+            killed: list[Task[Any]] = []
+            already = 0
+            for fn in queued:
+                if is_task_runner(fn, self):
+                    if fn.__self__.cancelled():
+                        already += 1
+                    else:
+                        killed.append(fn.__self__)
+            newly = len(queued) - already
+            counts.cancelled_queued -= already
+            counts.dropped += newly + already
+            if self._slots is not None:
+                for _ in range(newly):
+                    self._slots.release()
+            # Tasks accepted from other threads and not on the queue yet (no slot held).
+            handed: list[Entry] = []
+            inbox = self._inbox
+            while inbox:
+                handed.append(inbox.popleft())
+            for waiting in self._awaiting:
+                handed.append(waiting[0])  # type: ignore[arg-type]  # None only once dropped
+                waiting[0] = None
+            self._awaiting.clear()
+            handed_before = 0  # cancelled (or killed) while handed over: counted then
+            for _, fn, _, _ in handed:
+                if is_task_runner(fn, self):
+                    if fn.__self__.cancelled():  # type: ignore[attr-defined]
+                        handed_before += 1
+                        if self._slots is not None:
+                            # Its cancel gave back a slot it never held (it was on no queue).
+                            self._slots.acquire(blocking=False)
+                    else:
+                        killed.append(fn.__self__)  # type: ignore[attr-defined]
+            counts.cancelled_queued -= handed_before
+            self._submitted += len(handed)
+            counts.dropped += len(handed)
+            counts.cancelled += newly + len(handed) - handed_before
+            reports = [task._set_killed(exception) for task in killed]
+            current = getcurrent()
+            dying = self._dying_workers()
+            greenlets = list(self._greenlets)
+            for worker in greenlets:
+                if worker is current or worker.state is LEAVING:
+                    continue  # the caller: it gets the exception below; or hit by an earlier kill
+                where = _OUTSIDE_TASK
+                if worker.state is RUNNING:
+                    # Now: it leaves after this task (or this report), and takes no other.
+                    where = _IN_TASK if aim_kill(worker) else _IN_REPORT
+                    if where is _IN_TASK and worker in dying:
+                        continue  # its task was killed by killone: not hit again, as in gevent
+                # Scheduled after the callbacks that start new workers, so each has started.
+                self._hub.loop.run_callback(_kill_worker, worker, exception, where)
         added = self._kill_added_members(exception)
         for task, report in zip(killed, reports, strict=True):
             task._report_kill(report)

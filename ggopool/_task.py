@@ -9,7 +9,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from types import MethodType, TracebackType
+from types import CodeType, MethodType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from gevent import Timeout, get_hub
@@ -57,16 +57,114 @@ def _check_wait_timeout(timeout: object) -> float | Timeout | None:
     return check_timeout(timeout)
 
 
+def _exception_of(exception: object) -> object:
+    # A ``(type, value, tb)`` triple (what ``__exit__`` passes on) stands for its value, or
+    # its type when the value is None, as gevent's kill reads it.
+    if isinstance(exception, tuple) and len(exception) == 3:
+        return exception[1] if exception[1] is not None else exception[0]
+    return exception
+
+
+def _is_exception(exception: object) -> bool:
+    return isinstance(exception, BaseException) or (
+        isinstance(exception, type) and issubclass(exception, BaseException)
+    )
+
+
+def check_exception(exception: object) -> None:
+    """Refuse, with TypeError, what no kill can raise: gevent's ``kill`` takes an exception
+    class or instance (or a ``(type, value, tb)`` triple)."""
+    if not _is_exception(_exception_of(exception)):
+        raise TypeError(
+            "exception must be an exception class or instance, or a (type, value, traceback) "
+            f"triple, got {short_repr(exception)}"
+        )
+
+
 def as_exception(exception: object) -> BaseException:
     """What ``kill(exception)`` raises: gevent's reading of its argument (a class, an
-    instance, a ``(type, value, tb)`` triple, or anything else wrapped in a BaseException)."""
-    if isinstance(exception, tuple) and len(exception) == 3:
-        exception = exception[1] if exception[1] is not None else exception[0]
+    instance, or a ``(type, value, tb)`` triple; checked by `check_exception`)."""
+    exception = _exception_of(exception)
     if isinstance(exception, type) and issubclass(exception, BaseException):
         return exception()
     if isinstance(exception, BaseException):
         return exception
-    return BaseException(exception)
+    return BaseException(exception)  # unreachable once checked: never raises here
+
+
+def forget_frames(exc: BaseException) -> None:
+    """Cut the reference cycles a task's exception sits in, so that what its frames held
+    (sockets, files, connections) goes as soon as nothing holds the task or the exception,
+    not when the cyclic GC next runs (``concurrent.futures`` breaks the same cycle).
+
+    The exception's traceback holds the frames it went through, and each frame its locals
+    and its caller (``f_back``): the task's runner (``Task._run``, which holds the task that
+    holds the exception), an instrument's `TaskInfo` call, and the worker loop, whose locals
+    hold the task until its next one. The worker's frames are taken off the front of the
+    traceback, and the pool's frames that have returned are cleared (their locals dropped).
+    The task's own frames are left as they are: a debugger or a report still reads their
+    locals. For a worker whose frames have all returned (one that was killed); never raises.
+    """
+    _clear_pool_frames(_drop_worker_frames(exc))
+
+
+def forget_frames_soon(exc: BaseException, loop: Any) -> None:
+    """`forget_frames`, for a worker that goes on: its frames that hold the task (the task's
+    runner, its loop's when it leaves after this task) are cleared from the hub, once they
+    have returned. Never raises."""
+    tb = _drop_worker_frames(exc)
+    if loop is not None:  # None: the hub was destroyed; the cyclic GC frees them then
+        loop.run_callback(_clear_pool_frames, tb)
+
+
+def _drop_worker_frames(exc: BaseException) -> TracebackType | None:
+    """Take the worker's frames off the front of ``exc``'s traceback; return the rest."""
+    worker = _pool_codes()[1]
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code in worker:
+        tb = tb.tb_next
+    if tb is not exc.__traceback__:
+        exc.__traceback__ = tb
+    return tb
+
+
+def _clear_pool_frames(tb: TracebackType | None) -> None:
+    """Clear the pool's frames at the front of ``tb`` and the pool's frames that called them
+    (clearing a frame drops its locals but not its caller, which the task's frames reach),
+    and, further on, those of a task that killed itself (``Task.kill`` holds the task)."""
+    own, _, called = _pool_codes()
+    frame = None
+    while tb is not None and tb.tb_frame.f_code in own:
+        frame = tb.tb_frame
+        tb = tb.tb_next
+    while frame is not None and frame.f_code in own:
+        with contextlib.suppress(RuntimeError):  # still running: the worker went on
+            frame.clear()
+        frame = frame.f_back
+    while tb is not None:
+        if tb.tb_frame.f_code in called:
+            with contextlib.suppress(RuntimeError):
+                tb.tb_frame.clear()
+        tb = tb.tb_next
+
+
+_codes: tuple[frozenset[CodeType], frozenset[CodeType], frozenset[CodeType]] | None = None
+
+
+def _pool_codes() -> tuple[frozenset[CodeType], frozenset[CodeType], frozenset[CodeType]]:
+    """The code of the pool's frames a task's traceback may hold: those that call the task
+    (and of them, the worker loop's), and the methods a task may call to kill itself.
+    Imported late, as those modules import this one."""
+    global _codes
+    if _codes is None:
+        from ggopool._instrument import TaskInfo
+        from ggopool._worker import _run, work
+
+        worker = frozenset((work.__code__, _run.__code__))
+        own = worker | {Task._run.__code__, TaskInfo.__call__.__code__}
+        called = frozenset((Task.kill.__code__, Task.throw.__code__, Task._aim_kill.__code__))
+        _codes = (own, worker, called)
+    return _codes
 
 
 class _Spawned:
@@ -126,7 +224,13 @@ class Task(_TaskBase, Generic[T]):
       (the default ``GreenletExit`` becomes its value, so ``successful()`` is True); a
       running one gets ``exception`` raised inside it, and its worker goes on with the
       next task. Each kill is a new one: a task that caught the first kill's exception
-      and went on gets the second kill's, as a greenlet does.
+      and went on gets the second kill's, as a greenlet does. ``exception`` is an
+      exception class or instance (or a ``(type, value, tb)`` triple), as gevent's;
+      anything else raises TypeError at the call and kills nothing.
+    * A task that raised or was killed keeps its exception and traceback, and with them
+      its frames' locals, for as long as something holds the task (or the exception); no
+      reference cycle keeps them longer, so a connection it held closes as soon as the
+      task is dropped, as a ``concurrent.futures`` Future's would.
     * ``cancel()`` (a Future's): a queued task never runs, and ``get()`` raises
       `TaskCancelled`. ``cancelled()`` is True for a task stopped before it ran by either.
     * ``link``/``link_value``/``link_exception`` call ``callback(task)`` in a greenlet of
@@ -234,8 +338,10 @@ class Task(_TaskBase, Generic[T]):
         except GreenletExit as exc:
             self._finish(exc, None, None)
             if exc is self._kill_exc:
-                return  # a kill aimed at this task, not at the worker: the worker goes on
-            raise
+                # A kill aimed at this task, not at the worker: the worker goes on.
+                self._forget_frames_soon(exc)
+                return
+            raise  # the worker forgets the frames (work())
         except BaseException as exc:
             reported = self._spawned or isinstance(exc, get_hub().SYSTEM_ERROR)
             # A reported task keeps its arguments until the report is made, so that the
@@ -243,11 +349,20 @@ class Task(_TaskBase, Generic[T]):
             self._finish(None, exc, exc.__traceback__, keep_call=reported)
             if reported:
                 # The worker counts it and reports it (the pool's panic handler, or the
-                # hub with this task as context), as gevent reports a greenlet's failure.
+                # hub with this task as context), as gevent reports a greenlet's failure,
+                # then forgets the frames (_task_failed).
                 raise
-            self._pool._counts.failed += 1
+            pool = self._pool
+            if getcurrent() in pool._greenlets:  # not a worker inherited across a fork
+                pool._counts.failed += 1
+            self._forget_frames_soon(exc)
             return
         self._finish(value, None, None)
+
+    def _forget_frames_soon(self, exc: BaseException) -> None:
+        # This frame (Task._run's) is still running: it is cleared once it has returned,
+        # which it has by the time the hub runs its callbacks.
+        forget_frames_soon(exc, self._pool._hub.loop)
 
     def _finish(
         self,
@@ -356,7 +471,14 @@ class Task(_TaskBase, Generic[T]):
         # pile up frames.
         exc = self._exc
         assert exc is not None
-        raise exc.with_traceback(self._tb)
+        tb = self._tb
+        # This frame goes into the traceback: it must hold neither the task, which holds the
+        # exception, nor the exception (cycles, as concurrent.futures' Future breaks too).
+        del self
+        try:
+            raise exc.with_traceback(tb)
+        finally:
+            del exc, tb
 
     @property
     def args(self) -> tuple[Any, ...]:
@@ -398,9 +520,15 @@ class Task(_TaskBase, Generic[T]):
             if not block:
                 raise Timeout()
             self._wait(timeout, swallow_own_timeout=False)
-        if self._exc is not None:
-            self._raise_exception()
-        return cast(T, self._value)
+        exc = self._exc
+        if exc is None:
+            return cast(T, self._value)
+        tb = self._tb
+        del self  # as in _raise_exception: this frame goes into the traceback
+        try:
+            raise exc.with_traceback(tb)
+        finally:
+            del exc, tb
 
     def join(self, timeout: float | Timeout | None = None) -> None:
         """Wait until the task is done or ``timeout`` passes, like ``Greenlet.join``."""
@@ -501,7 +629,10 @@ class Task(_TaskBase, Generic[T]):
 
     def result(self, timeout: float | None = None) -> T:
         """Same as ``get(timeout=timeout)``."""
-        return self.get(True, timeout)
+        try:
+            return self.get(True, timeout)
+        finally:
+            del self  # as in _raise_exception: this frame goes into the traceback
 
     def done(self) -> bool:
         """Same as `ready`."""
@@ -643,7 +774,8 @@ class Task(_TaskBase, Generic[T]):
     ) -> None:
         """Stop the task with ``exception`` (see the class docstring); with ``block``, wait
         up to ``timeout`` seconds until it is done. Never raises, as gevent's (but for a
-        bad ``timeout``, refused before anything happens)."""
+        bad ``timeout``, or an ``exception`` that is not an exception class or instance:
+        TypeError, before anything happens)."""
         timeout = _check_wait_timeout(timeout)
         exc = self._aim_kill(exception)
         if exc is None:
@@ -669,7 +801,9 @@ class Task(_TaskBase, Generic[T]):
 
     def _maybe_kill_before_start(self, exception: object) -> bool:
         """Kill the task now if it is still queued (``gevent.killall`` calls this first, so
-        no task it kills starts in between). True if the task is now dead."""
+        no task it kills starts in between). True if the task is now dead. An ``exception``
+        no kill can raise is refused first (TypeError), and nothing changes."""
+        check_exception(exception)
         if self._state is _UNSTARTED:
             self._mark_killed(exception)  # never queued: it never runs, as gevent's
         elif self._state is _LATER:

@@ -47,6 +47,8 @@ from greenlet import greenlet as RawGreenlet
 
 from ggopool._locals import clear_locals
 from ggopool._panic import report_failure, report_worker_failure
+from ggopool._stats import Counts
+from ggopool._task import forget_frames, forget_frames_soon
 
 if TYPE_CHECKING:
     from gevent.hub import Hub
@@ -106,8 +108,10 @@ def work(pool: Pool, me: Worker, generation: int) -> None:
         if instruments is not None:
             instruments.worker_hook(pool, instruments.worker_started)
         _run(pool, me, generation)
-    except GreenletExit:
-        pass  # killed (gevent.kill, Pool.kill, greenlet.throw): the worker ends
+    except GreenletExit as exc:
+        # Killed (gevent.kill, Pool.kill, greenlet.throw): the worker ends. A killed task
+        # keeps the exit as its value: its frames must not keep it in a cycle.
+        forget_frames(exc)
     except BaseException as exc:  # noqa: BLE001 - thrown into the worker from outside a task
         # (a gevent.Timeout a finished task never cancelled, gevent.kill(worker, exc)):
         # report it as gevent reports a greenlet that dies of it, and end.
@@ -193,7 +197,9 @@ def _task_failed(
     # must miss it, whether the kill came before (the task ended) or comes meanwhile.
     marks = me.__dict__
     marks[_LEAVING_MARK] = _TASK_ENDED if me.state is LEAVING else _REPORTING
-    counts = pool._counts
+    # A worker inherited across a fork (or from a destroyed hub) is not the pool's any
+    # more: it reports its task's failure, but the counts are the new pool's.
+    counts = pool._counts if me in pool._greenlets else Counts()
     counts.failed += 1
     counts.reporting += 1  # done: no longer running while its report runs
     try:
@@ -202,6 +208,9 @@ def _task_failed(
         counts.reporting -= 1
         if marks.get(_LEAVING_MARK) is _REPORTING:
             del marks[_LEAVING_MARK]
+        # Reported: whoever keeps it (a Task) must keep no cycle with it. Once this worker
+        # has gone on (or left: its loop's frame still holds the task then).
+        forget_frames_soon(exc, pool._hub.loop)
 
 
 def aim_kill(worker: Worker) -> bool:

@@ -18,7 +18,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
-from ggopool._describe import callable_name
+from ggopool._describe import callable_name, short_repr
 from ggopool._instrument import Instrument, TaskInfo
 from ggopool._pool import Pool
 
@@ -50,7 +50,10 @@ class TaskTracer(Instrument):
     * While the task runs, its span is the current one, so the spans the task opens are
       its children. (Each task runs in its own copy of the context, so this leaks into
       no other task.)
-    * A task that raised: the exception is recorded and the status is ERROR.
+    * A task that raised: the exception is recorded and the status is ERROR. A task killed
+      or cancelled has neither: its outcome says how it ended.
+    * Removing the tracer (``pool.remove_instrument(tracer)``) ends the spans of the pool's
+      tasks running then, with ``ggopool.task.outcome`` ``running`` and the run time so far.
     * ``record_arguments=False`` leaves out ``ggopool.task.call`` (arguments may hold what
       must not leave the process).
     """
@@ -60,6 +63,11 @@ class TaskTracer(Instrument):
     def __init__(
         self, tracer_provider: TracerProvider | None = None, record_arguments: bool = True
     ) -> None:
+        if tracer_provider is not None and not isinstance(tracer_provider, TracerProvider):
+            raise TypeError(
+                "tracer_provider must be an opentelemetry.trace.TracerProvider or None, "
+                f"got {short_repr(tracer_provider)}"
+            )
         if type(record_arguments) is not bool:
             raise TypeError(f"record_arguments must be a bool, got {record_arguments!r}")
         self._tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
@@ -106,6 +114,18 @@ class TaskTracer(Instrument):
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         span.end()
 
+    def removed(self, pool: Pool) -> None:
+        # Detached from pool: its running tasks will not be finished for this tracer, so
+        # their spans end now, or the spans they open would have a parent never exported.
+        now = time.perf_counter()
+        for task in [task for task in self._spans if task.pool is pool]:
+            span = self._spans.pop(task)
+            started = task.started_at
+            assert started is not None
+            span.set_attribute("ggopool.task.run_time", now - started)
+            span.set_attribute("ggopool.task.outcome", "running")
+            span.end()
+
 
 def instrument(
     pool: PoolT, tracer_provider: TracerProvider | None = None, *, record_arguments: bool = True
@@ -119,7 +139,8 @@ def instrument(
             notify.go(send_webhook, order_id)   # span "send_webhook", child of the request
 
     ``tracer_provider`` None means OpenTelemetry's global one. Tasks queued from now on are
-    traced; ``pool.remove_instrument(tracer)`` (found in ``pool.instruments``) stops it.
+    traced; ``pool.remove_instrument(tracer)`` (found in ``pool.instruments``) stops it and
+    ends the spans of the tasks running then.
     Instrumenting a pool again changes nothing.
     """
     if not isinstance(pool, Pool):

@@ -421,3 +421,157 @@ def test_attaching_and_removing_from_another_thread_is_handed_over() -> None:
         while pool.instruments:
             gevent.sleep(0.01)
     assert pool._fast_ident == pool._ident
+
+
+class InFlight(ggopool.Instrument):
+    """Keeps each task it was told of in a dict until it finishes, as a tracer keeps its
+    spans; records what it was told out of order."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[ggopool.TaskInfo, str] = {}
+        self.out_of_order: list[str] = []
+
+    def task_queued(self, task: ggopool.TaskInfo) -> None:
+        if task in self.tasks:
+            self.out_of_order.append(f"queued twice: {task.call}")
+        self.tasks[task] = "queued"
+
+    def task_started(self, task: ggopool.TaskInfo) -> None:
+        if self.tasks.get(task) != "queued":
+            self.out_of_order.append(f"started before queued: {task.call}")
+        self.tasks[task] = "started"
+
+    def task_finished(
+        self, task: ggopool.TaskInfo, outcome: str, exc: BaseException | None
+    ) -> None:
+        if self.tasks.pop(task, None) is None:
+            self.out_of_order.append(f"finished before queued: {task.call}")
+
+
+@pytest.mark.parametrize("how", ["cancel", "kill"])
+def test_a_task_cancelled_while_it_waits_for_a_queue_place_is_queued_then_finished(
+    how: str,
+) -> None:
+    # start_later's way in, which spawn_later's is too (Task._queue_later).
+    pool = ggopool.new_pool("in-order", 1, ggopool.Config(max_pending=1))
+    recorder = recorded(pool)
+    in_flight = InFlight()
+    pool.add_instrument(in_flight)
+    held = Event()
+    pool.go(held.wait)
+    gevent.idle()
+    pool.go(abs, -1)  # the one queue place is taken
+
+    def the_later_one() -> None:
+        raise AssertionError("it never runs")
+
+    task = pool.task(the_later_one)
+    task.start_later(0)
+    for _ in range(2000):  # its time comes; it waits for a queue place
+        if pool.stats().pending == 2:
+            break
+        gevent.sleep(0.001)
+    assert pool.stats().pending == 2
+    if how == "cancel":
+        assert task.cancel()
+    else:
+        task.kill(block=False)
+    held.set()
+    assert pool.join(5)
+    assert in_flight.out_of_order == []
+    assert in_flight.tasks == {}  # nothing held for ever
+    mine = [e[0::2] for e in recorder.events if "the_later_one" in e[1]]
+    assert mine == [("queued",), ("finished", "cancelled")]
+
+
+class Removals(ggopool.Instrument):
+    def __init__(self, fail_in: str = "") -> None:
+        self.removed_from: list[str] = []
+        self.fail_in = fail_in
+
+    def task_started(self, task: ggopool.TaskInfo) -> None:
+        if self.fail_in == "task_started":
+            raise ValueError("hook")
+
+    def removed(self, pool: ggopool.Pool) -> None:
+        assert self not in pool.instruments  # told once the pool's state says so
+        self.removed_from.append(pool.name)
+        if self.fail_in == "removed":
+            raise KeyError("removed")
+
+
+def test_an_instrument_is_told_once_when_it_is_removed_or_detached(
+    hub_errors: HubErrors,
+) -> None:
+    a, b = ggopool.new_pool("removal-a", 1), ggopool.new_pool("removal-b", 1)
+    removals = Removals()
+    a.add_instrument(removals)
+    b.add_instrument(removals)
+    a.remove_instrument(removals)
+    assert removals.removed_from == ["removal-a"]
+    with pytest.raises(ValueError):
+        a.remove_instrument(removals)  # not attached: nothing more
+    assert removals.removed_from == ["removal-a"]
+    assert b.instruments == (removals,)
+
+    raising = Removals(fail_in="task_started")
+    a.add_instrument(raising)
+    a.go(abs, -1)
+    assert a.join(5)
+    assert raising.removed_from == ["removal-a"]  # detached because it raised
+    [(_, type_, _)] = hub_errors.take()
+    assert type_ is ValueError
+
+    failing = Removals(fail_in="removed")
+    a.add_instrument(failing)
+    a.remove_instrument(failing)
+    [(context, type_, _)] = hub_errors.take()  # reported; it is removed all the same
+    assert type_ is KeyError
+    assert "removal-a" in repr(context)
+    assert a.instruments == ()
+    assert a.submit(abs, -2).get(timeout=5) == 2
+
+
+class YieldsWhenQueued(ggopool.Instrument):
+    """A task_queued hook that yields (against the rules): what else runs meanwhile may
+    start the task, or cancel it (``meanwhile``, in a greenlet of its own)."""
+
+    def __init__(self, meanwhile: Any = None) -> None:
+        self.meanwhile = meanwhile
+
+    def task_queued(self, task: ggopool.TaskInfo) -> None:
+        if self.meanwhile is not None:
+            gevent.spawn(self.meanwhile, task)
+        gevent.sleep(0)
+
+
+def cancel(task: ggopool.TaskInfo) -> None:
+    assert task.task is not None
+    assert task.task.cancel()
+
+
+@pytest.mark.parametrize("ends", ["runs", "is cancelled"])
+def test_each_instrument_hears_of_a_task_as_queued_first_even_if_another_yields(
+    ends: str,
+) -> None:
+    pool = ggopool.new_pool("queued-first", 1, ggopool.Config(idle_timeout=None))
+    held = Event()
+    if ends == "is cancelled":
+        pool.go(held.wait)  # the one worker is busy: the task stays queued
+        gevent.idle()
+    pool.add_instrument(YieldsWhenQueued(cancel if ends == "is cancelled" else None))
+    in_flight = InFlight()
+    pool.add_instrument(in_flight)
+    recorder = recorded(pool)
+    # It starts and ends, or is cancelled, while the first instrument's hook yields.
+    pool.submit(abs, -1)
+    gevent.idle()
+    held.set()
+    assert pool.join(5)
+    assert in_flight.out_of_order == []
+    assert in_flight.tasks == {}
+    mine = [e[0::2] for e in recorder.events if len(e) > 1 and e[1].startswith("abs(")]
+    if ends == "runs":
+        assert mine == [("queued",), ("started",), ("finished", "completed")]
+    else:
+        assert mine == [("queued",), ("finished", "cancelled")]

@@ -350,3 +350,60 @@ def test_pool_kill_from_a_panic_handler_ends_the_others_and_returns() -> None:
     assert other.dead
     assert isinstance(other.value, GreenletExit)  # gevent's outcome of a kill
     assert pool.stats().workers == 0
+
+
+# "parks": it leaves instead, as a worker a kill was aimed at does; either way, not hit.
+@pytest.mark.parametrize("then", ["runs its panic handler", "parks", "takes the next task"])
+def test_pool_kills_blow_misses_a_worker_whose_task_ended_before_it_arrived(
+    then: str, hub_errors: HubErrors
+) -> None:
+    # The blow is a loop callback; the task's wake-up is on the hub's list before it, so the
+    # task ends first. The kill's exception is a ValueError: a blow that landed anywhere but
+    # in the task it was aimed at would show (in the handler, or reported by the hub).
+    pool = ggopool.new_pool("blow-misses", 1, Config(idle_timeout=None))
+    log: list[str] = []
+
+    def handler(ctx: object, exc: BaseException) -> None:
+        log.append(f"handler start {type(exc).__name__}")
+        try:
+            gevent.sleep(0)  # yields: the blow arrives meanwhile
+        except BaseException as blow:
+            log.append(f"handler hit by {blow!r}")
+            raise
+        log.append("handler done")
+
+    def ends_at_the_next_turn() -> str:
+        gevent.sleep(0)
+        if then == "runs its panic handler":
+            raise KeyError("the task failed by itself")
+        return "returned"
+
+    pool.set_panic_handler(handler)
+    aimed = pool.spawn(ends_at_the_next_turn)
+    gevent.sleep(0)  # it starts and yields
+    assert pool.stats().running == 1
+    pool.kill(exception=ValueError("the kill"), block=False)
+
+    def the_next_task() -> None:
+        gevent.sleep(0)  # in it when the blow arrives, whichever worker runs it
+        log.append("the next task ran")
+
+    later = pool.spawn(the_next_task) if then == "takes the next task" else None
+    for _ in range(5):
+        gevent.idle()
+    if then == "runs its panic handler":
+        assert isinstance(aimed.exception, KeyError)
+        assert log == ["handler start KeyError", "handler done"]
+    else:
+        assert aimed.value == "returned"
+        if later is not None:
+            assert later.successful()
+            assert log == ["the next task ran"]
+        else:
+            assert log == []
+    assert pool.join(5)
+    stats = pool.stats()
+    # The aimed worker left after its task; the next task's worker (a new one) parks.
+    assert (stats.workers, stats.running, stats.cancelled) == (int(later is not None), 0, 0)
+    assert balanced(stats)
+    assert hub_errors.take() == []

@@ -232,16 +232,24 @@ def test_a_pool_whose_spawn_does_not_wait_serves_with_back_pressure_too() -> Non
         pool.close()
 
 
+@pytest.mark.parametrize("raised_by", [1, 3])
 def test_raising_the_cap_of_a_full_pool_resumes_accepting(
-    stream: tuple[StreamServer, Handlers, ggopool.Pool],
+    stream: tuple[StreamServer, Handlers, ggopool.Pool], raised_by: int
 ) -> None:
+    # Not only when a connection ends: the higher cap is room the server takes at once,
+    # whether it is one more place or several.
     server, handlers, pool = stream
-    socks = [connect(server.server_port) for _ in range(3)]
+    socks = [connect(server.server_port) for _ in range(2 + raised_by + 1)]
     handlers.wait_for(lambda: handlers.entered == 2, "two connections in")
     settle()
     assert handlers.entered == 2
-    pool.set_cap(3)
-    handlers.wait_for(lambda: handlers.entered == 3, "the third connection in")
+    assert pool.full()
+    pool.set_cap(2 + raised_by)
+    handlers.wait_for(lambda: handlers.entered == 2 + raised_by, "the new places taken")
+    settle()
+    assert handlers.entered == 2 + raised_by  # full again: the last one waits
+    assert handlers.exits == []  # no connection ended meanwhile
+    assert pool.full()
     for s in socks:
         s.close()
 

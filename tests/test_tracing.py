@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import gevent
 import pytest
+from gevent import socket
 from gevent.event import Event
+from gevent.server import StreamServer
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -423,3 +426,189 @@ def test_record_arguments_false_leaves_the_call_out(spans: Spans) -> None:
         ggopool.otel.instrument(pool, record_arguments=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"^pool must be a ggopool.Pool, got 'p'$"):
         ggopool.otel.instrument("p")  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize("provider", ["x", 3, object()], ids=["str", "int", "object"])
+def test_a_tracer_provider_that_is_not_one_is_refused_at_the_call(
+    spans: Spans, provider: object
+) -> None:
+    pool = ggopool.new_pool("otel-bad-provider", 1)
+    rule = r"^tracer_provider must be an opentelemetry.trace.TracerProvider or None, got .+$"
+    with pytest.raises(TypeError, match=rule):
+        ggopool.otel.instrument(pool, provider)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=rule):
+        ggopool.otel.TaskTracer(provider)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^tracer_provider must be .* or None, got 'x'$"):
+        ggopool.otel.instrument(pool, "x")  # type: ignore[arg-type]
+    assert pool.instruments == ()  # nothing attached
+    assert pool.submit(abs, -1).get(timeout=5) == 1
+
+
+class NetworkExporter(SpanExporter):
+    """An exporter that sends each span to a collector over a real socket and waits for its
+    answer: it yields, as any exporter that does I/O does under monkey-patching.
+    ``before_send()`` is called before each span goes."""
+
+    def __init__(self, port: int | None, before_send: Any) -> None:
+        assert port is not None
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.before_send = before_send
+        self.outcomes: dict[str, list[str]] = {}
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        for span in spans:
+            self.before_send()
+            self.sock.sendall(b"s")
+            assert self.sock.recv(1) == b"k"
+            attributes = span.attributes or {}
+            call = str(attributes.get("ggopool.task.call"))
+            self.outcomes.setdefault(call, []).append(str(attributes["ggopool.task.outcome"]))
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self.sock.close()
+
+
+def collect(sock: socket.socket, address: Any) -> None:
+    """The collector: answers each span."""
+    while sock.recv(1):
+        sock.sendall(b"k")
+
+
+def test_pool_kill_with_an_exporter_that_yields_kills_every_queued_task_once() -> None:
+    collector = StreamServer(("127.0.0.1", 0), collect)
+    collector.start()
+    release = Event()
+    exporter = NetworkExporter(collector.server_port, release.set)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))  # the documented set-up
+    pool = ggopool.otel.instrument(
+        ggopool.new_pool("otel-network", 1, ggopool.Config(idle_timeout=None)), provider
+    )
+    ran: list[int] = []
+    try:
+        running = pool.submit(release.wait)  # ends while the exporter waits for an answer
+        gevent.idle()
+        for i in range(5):
+            pool.go(ran.append, i)
+        assert pool.kill(timeout=5) is True
+        assert pool.join(5)
+        assert ran == []
+        assert running.dead
+        queued = {
+            call: outcomes for call, outcomes in exporter.outcomes.items() if "append" in call
+        }
+        assert queued == {f"list.append({i})": ["cancelled"] for i in range(5)}
+        stats = pool.stats()
+        assert (stats.cancelled, stats.pending, stats.running, stats.workers) == (5, 0, 0, 0)
+        assert stats.submitted == 6
+        # The pool goes on, traced.
+        assert pool.submit(abs, -7).get(timeout=5) == 7
+        assert exporter.outcomes["abs(-7)"] == ["completed"]
+    finally:
+        provider.shutdown()
+        collector.stop(timeout=5)
+
+
+def test_removing_the_tracer_ends_the_spans_of_the_tasks_running_then(spans: Spans) -> None:
+    tracer = ggopool.otel.TaskTracer(spans.provider)
+    pool = ggopool.new_pool("otel-removed", 2)
+    other = ggopool.new_pool("otel-kept", 1)
+    pool.add_instrument(tracer)
+    other.add_instrument(tracer)  # one tracer on two pools: removed from one only
+    removed = Event()
+
+    def runs_across_the_removal(name: str) -> None:
+        removed.wait()
+        spans.child(name)  # opened after the removal: a child of the task's span
+
+    pool.go(runs_across_the_removal, "child")
+    other.go(runs_across_the_removal, "other child")
+    gevent.idle()
+    pool.remove_instrument(tracer)
+    found = {s.name: s for s in spans.exporter.get_finished_spans()}
+    task = found[runs_across_the_removal.__qualname__]  # ended at the removal
+    assert task.attributes is not None
+    assert task.attributes["ggopool.pool"] == "otel-removed"
+    assert task.attributes["ggopool.task.outcome"] == "running"
+    assert isinstance(task.attributes["ggopool.task.run_time"], float)
+    removed.set()
+    assert pool.join(5)
+    assert other.join(5)
+    pool.go(abs, -1)  # no longer traced
+    assert pool.join(5)
+    ended = spans.exporter.get_finished_spans()
+    # Each task's span once (the removed pool's abs(-1) has none), and each child.
+    assert sorted(s.name for s in ended) == sorted(
+        ["child", "other child", *[runs_across_the_removal.__qualname__] * 2]
+    )
+    by_pool = {(s.name, str((s.attributes or {}).get("ggopool.pool"))): s for s in ended}
+    task = by_pool[(runs_across_the_removal.__qualname__, "otel-removed")]
+    child = by_pool[("child", "None")]
+    assert task.context is not None
+    assert child.parent is not None
+    assert child.parent.span_id == task.context.span_id
+    kept = by_pool[(runs_across_the_removal.__qualname__, "otel-kept")]
+    assert kept.attributes is not None
+    assert kept.attributes["ggopool.task.outcome"] == "completed"  # the other pool's: as ever
+    assert repr(tracer) == "<ggopool.otel.TaskTracer spans open=0>"
+
+
+def test_only_a_failed_tasks_span_records_the_exception_and_an_error_status(
+    spans: Spans, hub_errors: HubErrors
+) -> None:
+    pool = traced_pool(spans, "otel-outcomes", cap=3)
+    release = Event()
+
+    def waits(name: str) -> None:
+        release.wait()
+
+    def fails(name: str) -> None:
+        raise KeyError(name)
+
+    completed = pool.submit(abs, -1)
+    failed = pool.submit(fails, "failed")
+    killed = pool.submit(waits, "killed")
+    killed_with_error = pool.submit(waits, "killed with an error")
+    gevent.idle()
+    cancelled = pool.submit(waits, "cancelled")  # queued: every worker is busy
+    killed_queued = pool.submit(waits, "killed queued")
+    pool_killed = pool.submit(waits, "pool killed")
+    assert cancelled.cancel()
+    killed_queued.kill(block=False)
+    killed.kill(timeout=5)
+    killed_with_error.kill(ValueError("with an error"), timeout=5)
+    gevent.idle()  # pool_killed starts on a freed worker
+    assert pool.kill(timeout=5)
+    for task in (completed, failed, killed, killed_with_error, cancelled, pool_killed):
+        assert task.dead
+    assert hub_errors.take() == []  # submitted: not reported
+
+    by_call = {
+        (s.attributes or {}).get("ggopool.task.call"): s
+        for s in spans.exporter.get_finished_spans()
+    }
+
+    def ended(call: str) -> tuple[object, trace.StatusCode, list[str]]:
+        span = by_call[call]
+        outcome = (span.attributes or {})["ggopool.task.outcome"]
+        return outcome, span.status.status_code, [event.name for event in span.events]
+
+    started = "ggopool.task.started"
+    unset = trace.StatusCode.UNSET
+    assert ended("abs(-1)") == ("completed", unset, [started])
+    assert ended(f"{fails.__qualname__}('failed')") == (
+        "failed",
+        trace.StatusCode.ERROR,
+        [started, "exception"],
+    )
+    assert ended(f"{waits.__qualname__}('killed with an error')") == (
+        "failed",  # a kill with another exception fails the task, as documented
+        trace.StatusCode.ERROR,
+        [started, "exception"],
+    )
+    assert ended(f"{waits.__qualname__}('killed')") == ("killed", unset, [started])
+    assert ended(f"{waits.__qualname__}('pool killed')") == ("killed", unset, [started])
+    assert ended(f"{waits.__qualname__}('cancelled')") == ("cancelled", unset, [])
+    assert ended(f"{waits.__qualname__}('killed queued')") == ("cancelled", unset, [])
+    assert by_call[f"{fails.__qualname__}('failed')"].status.description == "KeyError: 'failed'"
