@@ -48,6 +48,8 @@ TINY = [
     "--memory-cap", "50",
     "--memory-after", "0.05",
     "--latency-tasks", "300",
+    "--busy-tasks", "200",
+    "--busy-greenlets", "50",
     "--scale-sizes", "100,1000",
     "--scale-per-point", "1000",
 ]  # fmt: skip
@@ -94,6 +96,7 @@ def test_json_has_every_section_and_the_machine(json_run: dict[str, Any]) -> Non
         "throughput",
         "memory",
         "latency",
+        "busy",
         "scale",
         "server",
         "targets",
@@ -172,6 +175,26 @@ def test_json_memory_has_both_figures_for_every_strategy_and_kind(
     assert all(r["blocked_at_peak"] is None for r in memory if r["kind"] != "event")
 
 
+def test_json_busy_loop_compares_its_four_strategies_and_counts_every_task(
+    json_run: dict[str, Any],
+) -> None:
+    rows = json_run["busy"]
+    assert [r["strategy"] for r in rows] == [
+        "ggopool.go",
+        "ggopool.Pool",
+        "gevent.spawn",
+        "gevent.pool.Pool",
+    ]
+    for row in rows:
+        assert row["complete"] is True, row
+        assert row["tasks_run"] == [200, 200]
+        assert 0 < row["p50_us"] <= row["p99_us"]
+        assert row["greenlets"] == 50
+    assert [r["strategy_cap"] for r in rows] == [None, 200, None, 200]
+    spawn = rows[2]
+    assert spawn["p50_ratio_to_spawn"] == spawn["p99_ratio_to_spawn"] == 1.0
+
+
 def test_json_latency_and_scale_count_every_task(json_run: dict[str, Any]) -> None:
     latency = json_run["latency"]
     assert [r["strategy"] for r in latency] == ALL
@@ -205,6 +228,10 @@ def test_json_targets_of_a_quick_run_have_no_verdict(json_run: dict[str, Any]) -
         "go_noop_throughput",
         "go_yield_throughput",
         "go_trickle_throughput",
+        "go_busy_p50_start_latency",
+        "go_busy_p99_start_latency",
+        "pool_busy_p50_start_latency",
+        "pool_busy_p99_start_latency",
         "pool_noop_throughput",
         "pool_tcp_throughput",
         "pool_scale_spread",
@@ -226,7 +253,7 @@ def test_json_targets_of_a_quick_run_have_no_verdict(json_run: dict[str, Any]) -
             "met",
             "why_no_verdict",
         }
-        if target["id"].endswith("_throughput"):
+        if target["id"].endswith(("_throughput", "_start_latency")):
             low, high = target["range"]
             assert low <= target["measured"] <= high
         else:
@@ -384,6 +411,7 @@ def _results(settings: dict[str, Any], rows: list[ThroughputRow]) -> Results:
         throughput=rows,
         memory=[],
         latency=[],
+        busy=[],
         scale=[],
         server=[],
         targets=[],
@@ -538,9 +566,17 @@ def test_the_default_run_is_the_headline_and_full_is_todays_complete_run() -> No
     assert settings_from(parser().parse_args(["--quick"])) == QUICK
     # The headline measures every ggopool.go target at the full run's sizes.
     assert HEADLINE.strategies == ("ggopool.go", "gevent.spawn")
-    assert HEADLINE.workloads == ("noop", "yield", "trickle", "memory")
+    assert HEADLINE.workloads == ("noop", "yield", "trickle", "memory", "busy")
     assert HEADLINE.rounds > FULL.rounds
-    for field in ("tasks", "warmup", "trickle_tasks", "memory_tasks", "memory_after"):
+    for field in (
+        "tasks",
+        "warmup",
+        "trickle_tasks",
+        "memory_tasks",
+        "memory_after",
+        "busy_tasks",
+        "busy_greenlets",
+    ):
         assert getattr(HEADLINE, field) == getattr(FULL, field), field
     proc = bench("--full", "--quick")
     assert proc.returncode == 2
@@ -562,9 +598,17 @@ def test_a_headline_run_shows_ggopool_go_against_gevent_spawn() -> None:
         (kind, name) for kind in ("noop", "yield") for name in ("ggopool.go", "gevent.spawn")
     ]
     assert run["latency"] == run["scale"] == []
+    # The busy loop's workload compares its four strategies whatever --strategies says.
+    assert [r["strategy"] for r in run["busy"]] == [
+        "ggopool.go",
+        "ggopool.Pool",
+        "gevent.spawn",
+        "gevent.pool.Pool",
+    ]
     ids = {t["id"] for t in run["targets"]}
     assert {"go_noop_throughput", "go_yield_throughput", "go_trickle_throughput"} <= ids
-    assert all(i.startswith("go_") for i in ids)
+    assert {"go_busy_p50_start_latency", "pool_busy_p99_start_latency"} <= ids
+    assert all(i.startswith(("go_", "pool_busy_")) for i in ids)
     assert run["complete"] is True
     text = bench(*sizes, "--workloads", "trickle").stdout
     assert "The headline run: ggopool.go against gevent.spawn." in text

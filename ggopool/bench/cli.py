@@ -30,6 +30,10 @@ workloads:
   memory    RSS growth of a burst, at its peak and a while after, per strategy and
             kind of task (noop, yield, event), each in a fresh process
   latency   submit-to-start delay of each task of a burst (p50, p99)
+  busy      submit-to-start delay (p50, p99) of tasks that block, queued 50 per turn of a
+            loop kept busy by --busy-greenlets greenlets, on ggopool.go, ggopool.Pool,
+            gevent.spawn and gevent.pool.Pool (whatever --strategies says; the capped
+            ones with a cap of --busy-tasks)
   scale     cost per no-op task as the burst grows (ggopool.Pool and deque-floor)
   server    a pywsgi server in one process, a load generator in another: requests/s,
             server CPU per request and peak RSS for spawn='default', gevent.pool.Pool(1000)
@@ -46,6 +50,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
+from ggopool.bench.busy import busy
 from ggopool.bench.latency import latency
 from ggopool.bench.memory import KINDS, memory
 from ggopool.bench.progress import Progress
@@ -221,6 +226,8 @@ def parser() -> argparse.ArgumentParser:
         "seconds after the last task ran when the memory workload reads the RSS again",
     )
     option("--latency-tasks", "latency_tasks", _positive, "the burst size (latency)")
+    option("--busy-tasks", "busy_tasks", _positive, "tasks per run, and the cap (busy)")
+    option("--busy-greenlets", "busy_greenlets", _positive, "greenlets that keep the loop busy")
     option("--scale-sizes", "scale_sizes", _ints, "the burst sizes (scale)")
     option("--scale-per-point", "scale_per_point", _positive, "tasks timed per size (scale)")
     p.add_argument(
@@ -260,6 +267,7 @@ def run(s: Settings, argv: Sequence[str], progress: Progress) -> Results:
         throughput=[],
         memory=[],
         latency=[],
+        busy=[],
         scale=[],
         server=[],
         targets=[],
@@ -304,6 +312,8 @@ def run(s: Settings, argv: Sequence[str], progress: Progress) -> Results:
             )
         elif workload == "latency":
             results["latency"] = latency(s.latency_tasks, s.cap, names, s.rounds, progress)
+        elif workload == "busy":
+            results["busy"] = busy(s.busy_tasks, s.busy_greenlets, s.rounds, progress)
         elif workload == "scale" and scale_strategies(s):
             results["scale"] = scale(
                 s.scale_sizes,

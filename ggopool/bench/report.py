@@ -185,6 +185,32 @@ def _latency(results: Results) -> list[str]:
     ]
 
 
+def _busy(results: Results) -> list[str]:
+    rows = results["busy"]
+    return [
+        f"Start latency on a busy loop ({rows[0]['greenlets']:,} greenlets waking every ms; "
+        "tasks that block, queued 50 per turn; x = ratio to gevent.spawn's, median of rounds)",
+        "",
+        _table(
+            ["tasks", "strategy", "cap", "p50", "x p50", "p99", "x p99", "tasks run"],
+            [
+                [
+                    _count(r["n"]),
+                    r["strategy"],
+                    _cap(r["strategy_cap"]),
+                    _micros(r["p50_us"]),
+                    _ratio(r["p50_ratio_to_spawn"]),
+                    _micros(r["p99_us"]),
+                    _ratio(r["p99_ratio_to_spawn"]),
+                    _ran(r["tasks_run"], r["n"]),
+                ]
+                for r in rows
+            ],
+            right={0, 2, 3, 4, 5, 6, 7},
+        ),
+    ]
+
+
 def _scale(results: Results) -> list[str]:
     return [
         "Scale (no-op tasks; cost per task by burst size; x = cost / the cheapest size's)",
@@ -273,6 +299,7 @@ def render(results: Results) -> str:
         ("throughput", _throughput),
         ("memory", _memory),
         ("latency", _latency),
+        ("busy", _busy),
         ("scale", _scale),
         ("server", lambda results: render_server(results["server"])),
         ("targets", _targets),

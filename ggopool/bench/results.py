@@ -10,6 +10,7 @@ from typing import Any, TypedDict
 import gevent
 import greenlet
 
+from ggopool.bench.busy import BusyRow
 from ggopool.bench.latency import LatencyRow
 from ggopool.bench.memory import MemoryRow
 from ggopool.bench.rounds import ThroughputRow
@@ -38,6 +39,7 @@ class Results(TypedDict):
     throughput: list[ThroughputRow]
     memory: list[MemoryRow]
     latency: list[LatencyRow]
+    busy: list[BusyRow]
     scale: list[ScaleRow]
     server: list[ServerRow]
     targets: list[Target]
@@ -77,6 +79,7 @@ def complete(results: Results) -> bool:
         *results["throughput"],
         *results["memory"],
         *results["latency"],
+        *results["busy"],
         *results["scale"],
         *results["server"],
     ]

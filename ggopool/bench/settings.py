@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
+from ggopool.bench.busy import steps as busy_steps
 from ggopool.bench.memory import KINDS
 from ggopool.bench.server import steps as server_steps
 from ggopool.bench.strategies import (
@@ -16,7 +17,18 @@ from ggopool.bench.strategies import (
 )
 
 #: Every workload, in the order they run and are reported.
-WORKLOADS = ("noop", "yield", "gopool", "trickle", "tcp", "memory", "latency", "scale", "server")
+WORKLOADS = (
+    "noop",
+    "yield",
+    "gopool",
+    "trickle",
+    "tcp",
+    "memory",
+    "latency",
+    "busy",
+    "scale",
+    "server",
+)
 
 #: The strategies the scale workload compares: the capped pool and the floor, whose cost per
 #: task shows how much of a change between sizes is the machine rather than the pool.
@@ -41,6 +53,8 @@ class Settings:
     memory_kinds: tuple[str, ...]
     memory_after: float  # seconds after the last task ran when the second RSS is read
     latency_tasks: int
+    busy_tasks: int  # the busy workload's tasks, and the cap of its capped strategies
+    busy_greenlets: int  # the greenlets that keep its loop busy
     scale_sizes: tuple[int, ...]
     scale_per_point: int  # tasks timed per scale point (small sizes repeat their burst)
     workloads: tuple[str, ...] = WORKLOADS
@@ -62,6 +76,8 @@ FULL = Settings(
     memory_kinds=KINDS,
     memory_after=1.0,
     latency_tasks=100_000,
+    busy_tasks=5_000,
+    busy_greenlets=2_000,
     scale_sizes=(1_000, 10_000, 100_000, 1_000_000),
     scale_per_point=100_000,
 )
@@ -81,6 +97,8 @@ QUICK = Settings(
     memory_kinds=KINDS,
     memory_after=1.0,
     latency_tasks=20_000,
+    busy_tasks=2_000,
+    busy_greenlets=1_000,
     scale_sizes=(1_000, 10_000, 100_000),
     scale_per_point=20_000,
 )
@@ -95,7 +113,7 @@ HEADLINE = replace(
     rounds=9,
     yield_caps=(10_000,),
     memory_kinds=("noop", "yield"),
-    workloads=("noop", "yield", "trickle", "memory"),
+    workloads=("noop", "yield", "trickle", "memory", "busy"),
     strategies=(GoStrategy.name, SpawnStrategy.name),
 )
 
@@ -121,6 +139,8 @@ def steps(s: Settings) -> int:
             total += k * len(s.memory_kinds)
         elif workload == "latency":
             total += s.rounds * k
+        elif workload == "busy":
+            total += busy_steps(s.rounds)
         elif workload == "scale":
             total += s.rounds * len(s.scale_sizes) * len(scale_strategies(s))
         elif workload == "server":

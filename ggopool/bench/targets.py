@@ -182,6 +182,25 @@ def targets(results: Results) -> list[Target]:
         ("trickle_tasks", "rounds", "warmup"),
     )
 
+    # Tasks that block, queued on a busy loop: the default pool and a capped one.
+    for busy in results["busy"]:
+        if busy["strategy"] not in (GO, POOL):
+            continue
+        who = GO if busy["strategy"] == GO else f"{POOL}({_n(busy['n'])})"
+        key = "go" if busy["strategy"] == GO else "pool"
+        for pct, goal in (("p50", 3.0), ("p99", 2.0)):
+            add(
+                f"{key}_busy_{pct}_start_latency",
+                f"{who}, {_n(busy['n'])} tasks that block queued on a busy loop: {pct} "
+                "submit-to-start delay / gevent.spawn's",
+                busy[f"{pct}_ratio_to_spawn"],  # type: ignore[literal-required]
+                True,
+                goal,
+                f"<= {goal:g}x",
+                ("busy_tasks", "busy_greenlets", "rounds"),
+                busy[f"{pct}_ratio_range"],  # type: ignore[literal-required]
+            )
+
     # A capped pool.
     for workload, cap, goal, text in (
         ("noop", None, 20.0, "no-op"),
