@@ -14,6 +14,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,16 @@ _exit_deadline_chosen = False
 _exit_drained_pid: int | None = None
 # The greenlet running a drain now, so that a second stop signal can interrupt it.
 _drainer: Greenlet | None = None
+# Pools whose tasks are a server's connections (ggopool.gunicorn's worker class): drain()
+# from one of their requests does not wait for them.
+_connection_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
+def serves_connections(pool: Pool) -> None:
+    """Mark ``pool`` as a server's connection pool: `drain` called from one of its tasks (a
+    request) waits for every other pool, as it does from a request of a server whose
+    connections are on no ggopool pool."""
+    _connection_pools.add(pool)
 
 
 def set_exit_drain(deadline: float | None) -> None:
@@ -123,8 +134,12 @@ def drain(timeout: float | None = None) -> bool:
     * An exception thrown into the waiting greenlet (Ctrl-C's KeyboardInterrupt, a
       ``gevent.Timeout``, a kill) is logged the same way, "when the drain was
       interrupted", and raised.
-    * From one of a pool's own tasks it would wait for itself, and from the hub it would
-      block the loop: RuntimeError. ``timeout`` is checked as for ``join``.
+    * From a request of ggopool's gunicorn worker class it waits for every pool but the
+      connections' (the requests are the server's to finish), as from a request under
+      ``-k gevent``.
+    * From one of a pool's own tasks (other than a request, above) it would wait for
+      itself, and from the hub it would block the loop: RuntimeError. ``timeout`` is
+      checked as for ``join``.
 
     The interpreter runs the same drain at exit; see `set_exit_drain`.
     """
@@ -132,25 +147,30 @@ def drain(timeout: float | None = None) -> bool:
     current = getcurrent()
     if isinstance(current, Hub):
         raise RuntimeError("cannot drain from the hub: it would block the loop")
+    skip = None
     for pool in _pools_of_this_thread():
         if current in pool._greenlets:
+            if pool in _connection_pools:
+                skip = pool  # a request: the server's connections are not waited for
+                continue
             raise RuntimeError(
                 f"cannot drain from a task of pool {pool.name!r}: it would wait for itself"
             )
-    return _drain(timeout, "unfinished", "")
+    return _drain(timeout, "unfinished", "", skip)
 
 
-def _pools_of_this_thread() -> list[Pool]:
+def _pools_of_this_thread(skip: Pool | None = None) -> list[Pool]:
     ident = _get_ident()
-    return sorted((pool for pool in list(all_pools) if pool._ident == ident), key=_name)
+    pools = (pool for pool in list(all_pools) if pool._ident == ident and pool is not skip)
+    return sorted(pools, key=_name)
 
 
 def _name(pool: Pool) -> str:
     return pool.name
 
 
-def _busy() -> list[Pool]:
-    return [pool for pool in _pools_of_this_thread() if not pool._is_quiet()]
+def _busy(skip: Pool | None = None) -> list[Pool]:
+    return [pool for pool in _pools_of_this_thread(skip) if not pool._is_quiet()]
 
 
 def _waiting_later(pools: list[Pool], before: float) -> list[Task[Any]]:
@@ -164,9 +184,9 @@ def _first(pair: tuple[float, object]) -> float:
     return pair[0]
 
 
-def _drain(timeout: float | None, left: str, hint: str) -> bool:
-    """Wait until every pool of this thread is quiet at once, or ``timeout`` passed;
-    ``left`` says what unfinished tasks are in the report, ``hint`` ends the note."""
+def _drain(timeout: float | None, left: str, hint: str, skip: Pool | None = None) -> bool:
+    """Wait until every pool of this thread (but ``skip``) is quiet at once, or ``timeout``
+    passed; ``left`` says what unfinished tasks are in the report, ``hint`` ends the note."""
     global _drainer
     started = time.monotonic()
     deadline = math.inf if timeout is None else started + timeout
@@ -175,12 +195,12 @@ def _drain(timeout: float | None, left: str, hint: str) -> bool:
     try:
         while True:
             # Nothing yields between the pools' checks: they are quiet at the same moment.
-            busy = _busy()
+            busy = _busy(skip)
             # spawn_later's tasks are accepted work too: waited for if their time comes
             # within the deadline, and reported as left otherwise.
-            due = _waiting_later(_pools_of_this_thread(), deadline)
+            due = _waiting_later(_pools_of_this_thread(skip), deadline)
             if not busy and not due:
-                later = _waiting_later(_pools_of_this_thread(), math.inf)
+                later = _waiting_later(_pools_of_this_thread(skip), math.inf)
                 if later:
                     _report_later(later, left, f"due after the {timeout:.1f} s deadline")
                     return False
@@ -188,7 +208,7 @@ def _drain(timeout: float | None, left: str, hint: str) -> bool:
             now = time.monotonic()
             if now >= deadline:
                 _report(busy, left, f"after the {timeout:.1f} s deadline")
-                later = _waiting_later(_pools_of_this_thread(), math.inf)
+                later = _waiting_later(_pools_of_this_thread(skip), math.inf)
                 _report_later(later, left, f"after the {timeout:.1f} s deadline")
                 return False
             wait = deadline - now
@@ -206,8 +226,8 @@ def _drain(timeout: float | None, left: str, hint: str) -> bool:
     except BaseException as exc:
         elapsed = time.monotonic() - started
         why = f"when the drain was interrupted by {type(exc).__name__} after {elapsed:.1f} s"
-        _report(_busy(), left, why)
-        _report_later(_waiting_later(_pools_of_this_thread(), math.inf), left, why)
+        _report(_busy(skip), left, why)
+        _report_later(_waiting_later(_pools_of_this_thread(skip), math.inf), left, why)
         raise
     finally:
         _drainer = previous

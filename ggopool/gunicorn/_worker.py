@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 import fcntl
 import logging
+import math
 import os
 import sys
 import termios
@@ -26,7 +27,7 @@ from ggopool._config import Config
 from ggopool._default import new_pool, register_pool
 from ggopool._locals import clear_locals
 from ggopool._pool import Pool
-from ggopool.gunicorn import HEARTBEAT, StopClock, _set_clock
+from ggopool.gunicorn import HEARTBEAT, StopClock, _route_logs, _set_clock
 
 __all__ = ["GeventWorker"]
 
@@ -85,17 +86,20 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # gunicorn makes its workers in the master, before the fork.
+        _route_logs(self.log)
         report_master_tasks()
         self.clock = StopClock()
         # Each connection's greenlet: its socket, the requests it has served, and while it
         # waits for another request on a kept-alive connection, the Timeout it waits under.
         self._connections: dict[Greenlet, _Connection] = {}
+        self._pool: Pool | None = None
 
     # -- the main loop ---------------------------------------------------------------------
 
     def run(self) -> None:
         _set_clock(self.clock)
-        pool = self._connection_pool()
+        _route_logs(self.log)
+        pool = self._pool = self._connection_pool()
         servers = [self._server(listener, pool) for listener in self.sockets]
         for server in servers:
             server.start()
@@ -119,6 +123,7 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
         config = Config(spawn_waits_when_full=True)
         pool = new_pool(self.CONNECTIONS, self.worker_connections, config)
         register_pool(pool)
+        _shutdown.serves_connections(pool)
         return pool
 
     def _server(self, listener: Any, pool: Pool) -> StreamServer:
@@ -141,6 +146,9 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
         # abandons, before the kill.
         while pool.free_count() != pool.size:
             left = self.clock.budget(self.cfg, beating=True) - ENDING
+            if self.clock.abandon:
+                pool.kill(ENDING)  # a second stop signal: _quit ends them too
+                return
             if left <= 0:
                 self.log.warning("Worker graceful timeout (pid:%s)", self.pid)
                 # The listeners are closed already; the connections end here, waited
@@ -170,15 +178,22 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
 
     def handle_quit(self, sig: int, frame: Any) -> None:
         # gunicorn's would throw SystemExit into the main greenlet without closing the
-        # server: stop as SIGTERM does instead. Blocking calls and the config's hook run
+        # server: the first stop signal stops as SIGTERM does instead, and a second one
+        # ends whatever the stop waits for. Blocking calls and the config's hook run
         # outside the signal handler, in a greenlet.
-        self.clock.stopping()
+        second = self.clock.quit(sig)
         self.alive = False
-        gevent.spawn(self._quit)
+        gevent.spawn(self._quit, second)
 
-    def _quit(self) -> None:
-        if _shutdown.interrupt_drain():
+    def _quit(self, second: bool) -> None:
+        pool = self._pool
+        if not second:
+            pass
+        elif _shutdown.interrupt_drain():
             self.log.info("ggopool: a second stop signal ended the drain")
+        elif pool is not None and pool.free_count() != pool.size:
+            self.log.info("ggopool: a second stop signal ended the requests in flight")
+            pool.kill(ENDING)
         try:
             self.cfg.worker_int(self)
         except Exception:  # the config's hook must not stop the stop
@@ -212,6 +227,30 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
             if connection is not None:
                 connection.served += 1
 
+    def handle_http2(self, listener: Any, client: Any, addr: Any, *args: Any, **kwargs: Any) -> Any:
+        connection = self._connections.get(getcurrent())
+        if connection is not None:
+            connection.http2 = True
+        return super().handle_http2(listener, client, addr, *args, **kwargs)
+
+    def handle_http2_request(self, listener_name: Any, req: Any, *args: Any) -> Any:
+        # The streams of an HTTP/2 connection are served one after the other on its
+        # greenlet: each starts fresh, as a request of a kept-alive HTTP/1.1 connection.
+        me = getcurrent()
+        connection = self._connections.get(me)
+        if connection is not None:
+            connection.streams += 1
+        try:
+            return contextvars.copy_context().run(
+                super().handle_http2_request, listener_name, req, *args
+            )
+        finally:
+            if me.__dict__:
+                clear_locals(me)
+            if connection is not None:
+                connection.streams -= 1
+                connection.served += 1
+
     def timeout_ctx(self) -> Any:
         return _NextRequest(self)
 
@@ -222,6 +261,8 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
         for greenlet, connection in list(self._connections.items()):
             if connection.waiting is not None:
                 hub.loop.run_callback(self._close_waiting, greenlet, connection.waiting)
+            elif connection.http2 and not connection.streams:
+                hub.loop.run_callback(self._close_idle_http2, greenlet, connection)
 
     def _close_waiting(self, greenlet: Greenlet, timeout: Timeout) -> None:
         # In the hub: the connection still waits under this timeout, and no byte of its
@@ -231,6 +272,19 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
         connection = self._connections.get(greenlet)
         if connection is not None and connection.waiting is timeout and not connection.unread():
             greenlet.throw(timeout)
+
+    def _close_idle_http2(self, greenlet: Greenlet, connection: _Connection) -> None:
+        # In the hub, as _close_waiting: an HTTP/2 connection serving no stream, with no
+        # byte unread, waits in its read between two streams (the stop's check of
+        # self.alive comes only after that read). A socket timeout there is its idle
+        # timeout: it sends GOAWAY and closes. (Anywhere else between two streams, a
+        # write, the timeout closes it too.)
+        if (
+            self._connections.get(greenlet) is connection
+            and not connection.streams
+            and not connection.unread()
+        ):
+            greenlet.throw(TimeoutError("the worker is stopping"))
 
 
 class _Connection:
@@ -244,11 +298,14 @@ class _Connection:
     body the app left unread: such a connection then waits for its next request as under
     ``-k gevent``, up to the keep-alive timeout.)"""
 
-    __slots__ = ("reader", "served", "sock", "waiting")
+    __slots__ = ("http2", "reader", "served", "sock", "streams", "waiting")
 
     def __init__(self, sock: Any) -> None:
         self.sock = sock
         self.served = 0
+        # Whether it speaks HTTP/2, and how many of its streams are being served.
+        self.http2 = False
+        self.streams = 0
         # The parser's reader (gunicorn's SocketUnreader), once a request names it.
         self.reader: Any = None
         # The keep-alive Timeout it waits for its next request under, until a byte of it.
@@ -340,13 +397,19 @@ _master_reported: int | None = None
 
 
 def report_master_tasks() -> None:
-    """Log, once per process, the pools that hold tasks in gunicorn's master."""
+    """Log, once per process, the pools that hold tasks in gunicorn's master: queued or
+    running, and scheduled with ``spawn_later`` or ``start_later``."""
     global _master_reported
     pid = os.getpid()
     if _master_reported == pid:
         return
+    pools = _shutdown._pools_of_this_thread()
     busy = _shutdown._busy()
-    if not busy:
+    later: dict[str, int] = {}
+    for task in _shutdown._waiting_later(pools, math.inf):
+        name = task._pool.name
+        later[name] = later.get(name, 0) + 1
+    if not busy and not later:
         return
     _master_reported = pid
     for pool in busy:
@@ -362,3 +425,12 @@ def report_master_tasks() -> None:
             )
         except Exception:  # noqa: BLE001 - a report must never raise
             pass
+    for name, count in sorted(later.items()):
+        log.warning(
+            "ggopool: pool %r: %d spawn_later tasks scheduled in gunicorn's master (pid %d), "
+            "which serves no requests, so no worker runs them (each worker cancels its copy "
+            "at the fork): schedule them in the post_fork hook",
+            name,
+            count,
+            pid,
+        )
