@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy_helpers import wait_until
+from tests.patient_receiver import PatientReceiver
 from tests.shutdown_scenarios import (
     Orders,
     Outcome,
@@ -135,7 +136,9 @@ def test_gunicorn_max_requests_recycling_drains_each_recycled_worker(tmp_path: P
 
 
 def test_gunicorn_a_second_stop_signal_ends_the_drain_and_reports_it(tmp_path: Path) -> None:
-    with Receiver() as receiver:
+    # A patient receiver: held longer than the app's 10 s network timeout (a loaded machine
+    # takes that long to place the orders and stop), a notification would fail instead.
+    with PatientReceiver() as receiver:
         receiver.hold()  # never released: the drain cannot finish
         g = start_gunicorn(app_env(tmp_path, receiver, **SETTINGS))
         try:
