@@ -30,6 +30,13 @@ class PatientReceiver(Receiver):
     """`Receiver` (its `hold`, `release`, `held` and `answered`), holding notifications
     with an answer that trickles instead of no answer; ``hold_after`` is not supported."""
 
+    #: Seconds between two bytes of a held notification's answer.
+    trickle = TRICKLE
+
+    def __enter__(self) -> PatientReceiver:
+        super().__enter__()
+        return self
+
     def _app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         length = int(environ.get("CONTENT_LENGTH") or 0)
         order = json.loads(environ["wsgi.input"].read(length))
@@ -45,7 +52,7 @@ class PatientReceiver(Receiver):
         self.held += 1
         try:
             yield b" "  # the headers go out with the first chunk
-            while not self._open.wait(TRICKLE):
+            while not self._open.wait(self.trickle):
                 yield b" "
         finally:
             self.held -= 1
