@@ -83,7 +83,8 @@ def set_exit_drain(deadline: float | None) -> None:
         ggopool: pool 'audit': 37 tasks abandoned at exit (35 queued, 2 running) after the
         5.0 s deadline
 
-    (one line).
+    (one line). In a gunicorn worker (``ggopool.gunicorn``) it goes through gunicorn's
+    error log instead, unless the application configured logging.
     A second Ctrl-C (or any exception thrown into the drain) ends it at once, with the
     same lines saying it was interrupted.
 

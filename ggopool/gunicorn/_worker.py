@@ -55,12 +55,15 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
       over all the worker's listeners; the listeners stop accepting while it is full.
     * Every request runs in a copy of the connection task's ``contextvars`` context and
       leaves no greenlet-local state (``gevent.local``, or ``threading.local`` under
-      monkey-patching) behind: the next request on the same keep-alive connection, or the
-      next connection on the same worker greenlet, starts without what it set.
+      monkey-patching) behind: the next request on the same keep-alive connection (or the
+      next stream of an HTTP/2 connection), or the next connection on the same worker
+      greenlet, starts without what it set. `ggopool.drain` from a request waits for every
+      pool but this one, as from a request of ``-k gevent``.
     * A stop (SIGTERM, SIGHUP's SIGTERM, ``--max-requests``, and SIGQUIT or SIGINT too,
       which gunicorn's gevent worker treats as an exit on the spot) closes the listeners,
       closes the keep-alive connections that wait between two requests (a connection where
-      any byte of the next request has arrived is served, as ``-k gevent`` serves it),
+      any byte of the next request has arrived is served, as ``-k gevent`` serves it; an
+      HTTP/2 connection serving no stream, with nothing unread, gets a GOAWAY and closes),
       lets the requests in flight finish, then drains every pool of the process
       (`ggopool.drain`) while still sending its heartbeat. The requests get what
       ``graceful_timeout`` leaves since the stop began, less `ggopool.gunicorn.MARGIN` and
@@ -69,12 +72,19 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
       deadline is what ``graceful_timeout`` leaves, less `ggopool.gunicorn.MARGIN`, unless
       `ggopool.set_exit_drain` chose one, cut to the same point; what it abandons is
       logged, one line per pool.
-    * A second SIGQUIT or SIGINT while the worker drains ends the drain at once, logged.
-      The config's ``worker_int`` hook is still called on each.
+    * A second SIGQUIT or SIGINT at any point of the stop ends the waiting at once: the
+      requests still running are ended (given half a second), the drain waits no longer
+      (or, running, is ended), and what it abandons is logged, all within the 2 s the
+      master leaves after its own SIGQUIT. The SIGQUIT that follows a SIGINT which began
+      the stop is the same Ctrl-C, seen by the worker and through the master, not a second
+      signal. The config's ``worker_int`` hook is still called on each.
     * In gunicorn's master (``--preload`` imports the app there), tasks queued at import
-      never run in a worker (the master runs them as it exits); the master logs them once,
-      pool by pool, as it makes its first worker: queue start-up work in the
-      ``post_fork`` hook instead.
+      never run in a worker (the master runs them as it exits), and neither do its
+      ``spawn_later`` and ``start_later`` tasks; the master logs them once, pool by pool,
+      as it makes its first worker: queue start-up work in the ``post_fork`` hook instead.
+    * The ``ggopool`` logger's lines (the drain's notes and reports) go through gunicorn's
+      error log, with its format and its ``--log-level``, while the application has given
+      neither that logger nor the root logger a handler.
     """
 
     #: The name of the pool the connections run on.
@@ -186,18 +196,22 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
         gevent.spawn(self._quit, second)
 
     def _quit(self, second: bool) -> None:
-        pool = self._pool
-        if not second:
-            pass
-        elif _shutdown.interrupt_drain():
-            self.log.info("ggopool: a second stop signal ended the drain")
-        elif pool is not None and pool.free_count() != pool.size:
-            self.log.info("ggopool: a second stop signal ended the requests in flight")
-            pool.kill(ENDING)
+        if second:
+            self._end_the_wait()
         try:
             self.cfg.worker_int(self)
         except Exception:  # the config's hook must not stop the stop
             self.log.exception("Exception in worker_int hook")
+
+    def _end_the_wait(self) -> None:
+        # A second stop signal: the drain, if it runs, ends; otherwise the requests do (the
+        # main greenlet's wait for them then returns, and the drain takes no time).
+        pool = self._pool
+        if _shutdown.interrupt_drain():
+            self.log.info("ggopool: a second stop signal ended the drain")
+        elif pool is not None and pool.free_count() != pool.size:
+            self.log.info("ggopool: a second stop signal ended the requests in flight")
+            pool.kill(ENDING)
 
     # -- connections and requests ----------------------------------------------------------
 
