@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from gevent import kill
@@ -59,14 +59,14 @@ _exit_drained_pid: int | None = None
 # The greenlet running a drain now, so that a second stop signal can interrupt it.
 _drainer: Greenlet | None = None
 # Pools whose tasks are a server's connections (ggopool.gunicorn's worker class): drain()
-# from one of their requests does not wait for them.
+# does not wait for them.
 _connection_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 
 
 def serves_connections(pool: Pool) -> None:
-    """Mark ``pool`` as a server's connection pool: `drain` called from one of its tasks (a
-    request) waits for every other pool, as it does from a request of a server whose
-    connections are on no ggopool pool."""
+    """Mark ``pool`` as a server's connection pool, which `drain` does not wait for (the
+    server finishes its requests itself): a request that drains waits for every other pool,
+    as under a server whose connections are on no ggopool pool."""
     _connection_pools.add(pool)
 
 
@@ -135,9 +135,9 @@ def drain(timeout: float | None = None) -> bool:
     * An exception thrown into the waiting greenlet (Ctrl-C's KeyboardInterrupt, a
       ``gevent.Timeout``, a kill) is logged the same way, "when the drain was
       interrupted", and raised.
-    * From a request of ggopool's gunicorn worker class it waits for every pool but the
-      connections' (the requests are the server's to finish), as from a request under
-      ``-k gevent``.
+    * It does not wait for the connections of ggopool's gunicorn worker class (the
+      requests are the server's to finish), as under ``-k gevent``, whose connections
+      are on no ggopool pool: a request can drain.
     * From one of a pool's own tasks (other than a request, above) it would wait for
       itself, and from the hub it would block the loop: RuntimeError. ``timeout`` is
       checked as for ``join``.
@@ -148,21 +148,20 @@ def drain(timeout: float | None = None) -> bool:
     current = getcurrent()
     if isinstance(current, Hub):
         raise RuntimeError("cannot drain from the hub: it would block the loop")
-    skip = None
-    for pool in _pools_of_this_thread():
+    # A server's connections are its own to finish: a request (or a greenlet it spawned)
+    # that drains would wait for itself.
+    skip = frozenset(_connection_pools)
+    for pool in _pools_of_this_thread(skip):
         if current in pool._greenlets:
-            if pool in _connection_pools:
-                skip = pool  # a request: the server's connections are not waited for
-                continue
             raise RuntimeError(
                 f"cannot drain from a task of pool {pool.name!r}: it would wait for itself"
             )
     return _drain(timeout, "unfinished", "", skip)
 
 
-def _pools_of_this_thread(skip: Pool | None = None) -> list[Pool]:
+def _pools_of_this_thread(skip: Collection[Pool] = ()) -> list[Pool]:
     ident = _get_ident()
-    pools = (pool for pool in list(all_pools) if pool._ident == ident and pool is not skip)
+    pools = (pool for pool in list(all_pools) if pool._ident == ident and pool not in skip)
     return sorted(pools, key=_name)
 
 
@@ -170,7 +169,7 @@ def _name(pool: Pool) -> str:
     return pool.name
 
 
-def _busy(skip: Pool | None = None) -> list[Pool]:
+def _busy(skip: Collection[Pool] = ()) -> list[Pool]:
     return [pool for pool in _pools_of_this_thread(skip) if not pool._is_quiet()]
 
 
@@ -185,8 +184,8 @@ def _first(pair: tuple[float, object]) -> float:
     return pair[0]
 
 
-def _drain(timeout: float | None, left: str, hint: str, skip: Pool | None = None) -> bool:
-    """Wait until every pool of this thread (but ``skip``) is quiet at once, or ``timeout``
+def _drain(timeout: float | None, left: str, hint: str, skip: Collection[Pool] = ()) -> bool:
+    """Wait until every pool of this thread (but those in ``skip``) is quiet at once, or ``timeout``
     passed; ``left`` says what unfinished tasks are in the report, ``hint`` ends the note."""
     global _drainer
     started = time.monotonic()

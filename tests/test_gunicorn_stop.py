@@ -44,7 +44,8 @@ WORKERS = pytest.mark.parametrize("worker", [WORKER_CLASS, "gevent"], ids=["clas
 
 #: /queue queues 10 tasks that each take a minute on a pool of cap 1; /slow?SECONDS takes
 #: that long (a minute by default), saying when it starts and when it ends; /drain queues
-#: a short task and answers what ggopool.drain() returned; anything else answers the pid.
+#: a short task and answers what ggopool.drain() returned (called from a greenlet the
+#: request spawned, with ?spawned); anything else answers the pid.
 STOP_APP = """
     import logging
     import os
@@ -76,7 +77,10 @@ STOP_APP = """
             done = []
             tasks.go(gevent.sleep, 0.2)
             tasks.go(done.append, "ran")
-            body = f"{ggopool.drain(10)} {done}"
+            if environ.get("QUERY_STRING") == "spawned":  # from a greenlet the request made
+                body = f"{gevent.spawn(ggopool.drain, 10).get()} {done}"
+            else:
+                body = f"{ggopool.drain(10)} {done}"
         else:
             body = str(os.getpid())
         start_response("200 OK", [("Content-Length", str(len(body)))])
@@ -237,6 +241,7 @@ def test_drain_from_a_request_waits_for_the_background_pools(tmp_path: Path, wor
     proc, url, master, _pid = start(tmp_path, worker)
     try:
         assert get(url, "/drain") == (200, "True ['ran']")
+        assert get(url, "/drain?spawned") == (200, "True ['ran']")
         os.kill(master, signal.SIGTERM)
         assert proc.wait(30) == 0, proc.output
     finally:
