@@ -441,3 +441,28 @@ def test_http2_a_stop_closes_an_idle_connection_and_finishes_requests_in_flight(
         proc.stop()
     assert KILLED not in proc.output
     assert "[ERROR]" not in proc.output, proc.output
+
+
+@HTTP2
+def test_http2_a_stream_past_graceful_timeout_is_ended_quietly(tmp_path: Path) -> None:
+    # Ended as an HTTP/1.1 request is (gunicorn's gevent worker takes the kill quietly):
+    # reset, with no error logged, and the drain still runs before the kill.
+    proc, url, master = start_flask_gunicorn(tmp_path, *H2, "--graceful-timeout", "3")
+    try:
+        slow = H2Client(url)
+        stream = slow.conn.get_next_available_stream_id()
+        headers = [(":method", "GET"), (":path", "/slow?seconds=30"), (":scheme", "http")]
+        slow.conn.send_headers(stream, [*headers, (":authority", "t")], end_stream=True)
+        slow.sock.sendall(slow.conn.data_to_send())
+        proc.wait_for(r"slow request started", 10)
+        os.kill(master, signal.SIGTERM)
+        events = slow.until_closed()  # the stream reset, then the connection closed
+        slow.close()
+        assert proc.wait(30) == 0, proc.output
+    finally:
+        proc.stop()
+    [reset] = [e for e in events if isinstance(e, h2.events.StreamReset)]
+    assert reset.stream_id == stream, events
+    assert "Worker graceful timeout" in proc.output, proc.output
+    assert KILLED not in proc.output
+    assert "[ERROR]" not in proc.output, proc.output

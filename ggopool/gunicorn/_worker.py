@@ -258,6 +258,11 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
             return contextvars.copy_context().run(
                 super().handle_http2_request, listener_name, req, *args
             )
+        except gevent.GreenletExit:
+            # Ended by the stop (as gunicorn's gevent worker ends an HTTP/1.1 request): the
+            # stream is reset, and the connection closes with a GOAWAY, since the worker
+            # is no longer alive.
+            return None
         finally:
             if me.__dict__:
                 clear_locals(me)
