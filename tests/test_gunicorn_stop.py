@@ -11,13 +11,16 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import gevent
 import gevent.socket
+import gevent.ssl
 import h2.config
 import h2.connection
 import h2.events
@@ -354,11 +357,21 @@ HTTP2 = pytest.mark.skipif(
 
 
 class H2Client:
-    """An HTTP/2 client connection with prior knowledge, on a raw socket."""
+    """An HTTP/2 client connection on a raw socket: with prior knowledge, or over TLS
+    (ALPN ``h2``) with ``tls``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tls: bool = False) -> None:
         self.sock = gevent.socket.create_connection((LOOPBACK, port(url)))
         self.sock.settimeout(20)
+        if tls:
+            # gevent's own context (create_default_context would make the stdlib's, whose
+            # sockets block the hub).
+            context = gevent.ssl.SSLContext(gevent.ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = gevent.ssl.CERT_NONE  # the test's own certificate
+            context.set_alpn_protocols(["h2"])
+            self.sock = context.wrap_socket(self.sock, server_hostname=LOOPBACK)
+            assert self.sock.selected_alpn_protocol() == "h2"
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self.conn.initiate_connection()
         self.sock.sendall(self.conn.data_to_send())
@@ -418,24 +431,74 @@ def test_http2_each_stream_of_a_connection_starts_fresh(tmp_path: Path) -> None:
         assert answer["before"] == {"g": None, "contextvar": None, "local": None}, answers
 
 
-@HTTP2
-def test_http2_a_stop_closes_an_idle_connection_and_finishes_requests_in_flight(
-    tmp_path: Path,
-) -> None:
-    proc, url, master = start_flask_gunicorn(
-        tmp_path, *H2, "--keep-alive", "30", "--graceful-timeout", "10"
+def start_flask_tls(tmp_path: Path, *options: str) -> tuple[Proc, str, int]:
+    """tests/flask_app.py under the worker class over TLS with HTTP/2 (a self-signed
+    certificate made by ``openssl``), once it has answered: the process, its url and the
+    master's pid."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", f"/CN={LOOPBACK}", "-keyout", str(key), "-out", str(cert)),
+        ],
+        capture_output=True,
+        timeout=30,
+        check=True,
     )
+    url = f"https://{LOOPBACK}:{free_port()}"
+    args = [sys.executable, "-m", "gunicorn", "-k", WORKER_CLASS, "-w", "1", "-b", url[8:]]
+    args += ["--certfile", str(cert), "--keyfile", str(key), "--http-protocols", "h2,h1"]
+    proc = Proc(
+        [*args, *options, "tests.flask_app:app"], subprocess_env(XDG_RUNTIME_DIR=str(tmp_path))
+    )
+
+    def answered() -> bool:
+        try:
+            h2c = H2Client(url, tls=True)
+        except OSError:
+            return False
+        try:
+            return h2c.get("/state?rid=ready")[0] == 200
+        finally:
+            h2c.close()
+
     try:
-        idle = H2Client(url)
+        wait_until(answered, 30, "the worker's first answer over TLS", interval=0.2)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, url, proc.pid
+
+
+@HTTP2
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "tls"])
+def test_http2_a_stop_closes_an_idle_connection_and_finishes_requests_in_flight(
+    tmp_path: Path, tls: bool
+) -> None:
+    if tls and shutil.which("openssl") is None:
+        pytest.skip("no openssl to make the test's certificate")
+    options = ("--keep-alive", "30", "--graceful-timeout", "10")
+    if tls:
+        proc, url, master = start_flask_tls(tmp_path, *options)
+    else:
+        proc, url, master = start_flask_gunicorn(tmp_path, *H2, *options)
+    try:
+        idle = H2Client(url, tls)
         assert idle.get("/state?rid=idle")[0] == 200  # served; now idle, kept for 30 s
-        slow = gevent.spawn(fetch, url, "/slow?seconds=5")
+        other = H2Client(url, tls)
+        slow = gevent.spawn(other.get, "/slow?seconds=5")
         proc.wait_for(r"slow request started", 10)
         os.kill(master, signal.SIGTERM)
         events = idle.until_closed()  # closed by the server, long before 30 s
-        assert not slow.ready()  # while the request in flight still runs
+        assert not slow.ready(), (
+            slow.value,
+            slow.exception,
+            proc.output,
+        )  # while the request in flight still runs
         assert [type(e) for e in events] == [h2.events.ConnectionTerminated], events
         idle.close()
-        assert slow.get(timeout=20) == 200
+        assert slow.get(timeout=20)[0] == 200
+        other.close()
         assert proc.wait(30) == 0, proc.output
     finally:
         proc.stop()
