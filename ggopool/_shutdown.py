@@ -14,7 +14,8 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from gevent import kill
@@ -57,6 +58,16 @@ _exit_deadline_chosen = False
 _exit_drained_pid: int | None = None
 # The greenlet running a drain now, so that a second stop signal can interrupt it.
 _drainer: Greenlet | None = None
+# Pools whose tasks are a server's connections (ggopool.gunicorn's worker class): drain()
+# does not wait for them.
+_connection_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
+def serves_connections(pool: Pool) -> None:
+    """Mark ``pool`` as a server's connection pool, which `drain` does not wait for (the
+    server finishes its requests itself): a request that drains waits for every other pool,
+    as under a server whose connections are on no ggopool pool."""
+    _connection_pools.add(pool)
 
 
 def set_exit_drain(deadline: float | None) -> None:
@@ -72,7 +83,8 @@ def set_exit_drain(deadline: float | None) -> None:
         ggopool: pool 'audit': 37 tasks abandoned at exit (35 queued, 2 running) after the
         5.0 s deadline
 
-    (one line).
+    (one line). In a gunicorn worker (``ggopool.gunicorn``) it goes through gunicorn's
+    error log instead, unless the application configured logging.
     A second Ctrl-C (or any exception thrown into the drain) ends it at once, with the
     same lines saying it was interrupted.
 
@@ -123,8 +135,12 @@ def drain(timeout: float | None = None) -> bool:
     * An exception thrown into the waiting greenlet (Ctrl-C's KeyboardInterrupt, a
       ``gevent.Timeout``, a kill) is logged the same way, "when the drain was
       interrupted", and raised.
-    * From one of a pool's own tasks it would wait for itself, and from the hub it would
-      block the loop: RuntimeError. ``timeout`` is checked as for ``join``.
+    * It does not wait for the connections of ggopool's gunicorn worker class (the
+      requests are the server's to finish), as under ``-k gevent``, whose connections
+      are on no ggopool pool: a request can drain.
+    * From one of a pool's own tasks (other than a request, above) it would wait for
+      itself, and from the hub it would block the loop: RuntimeError. ``timeout`` is
+      checked as for ``join``.
 
     The interpreter runs the same drain at exit; see `set_exit_drain`.
     """
@@ -132,25 +148,29 @@ def drain(timeout: float | None = None) -> bool:
     current = getcurrent()
     if isinstance(current, Hub):
         raise RuntimeError("cannot drain from the hub: it would block the loop")
-    for pool in _pools_of_this_thread():
+    # A server's connections are its own to finish: a request (or a greenlet it spawned)
+    # that drains would wait for itself.
+    skip = frozenset(_connection_pools)
+    for pool in _pools_of_this_thread(skip):
         if current in pool._greenlets:
             raise RuntimeError(
                 f"cannot drain from a task of pool {pool.name!r}: it would wait for itself"
             )
-    return _drain(timeout, "unfinished", "")
+    return _drain(timeout, "unfinished", "", skip)
 
 
-def _pools_of_this_thread() -> list[Pool]:
+def _pools_of_this_thread(skip: Collection[Pool] = ()) -> list[Pool]:
     ident = _get_ident()
-    return sorted((pool for pool in list(all_pools) if pool._ident == ident), key=_name)
+    pools = (pool for pool in list(all_pools) if pool._ident == ident and pool not in skip)
+    return sorted(pools, key=_name)
 
 
 def _name(pool: Pool) -> str:
     return pool.name
 
 
-def _busy() -> list[Pool]:
-    return [pool for pool in _pools_of_this_thread() if not pool._is_quiet()]
+def _busy(skip: Collection[Pool] = ()) -> list[Pool]:
+    return [pool for pool in _pools_of_this_thread(skip) if not pool._is_quiet()]
 
 
 def _waiting_later(pools: list[Pool], before: float) -> list[Task[Any]]:
@@ -164,9 +184,9 @@ def _first(pair: tuple[float, object]) -> float:
     return pair[0]
 
 
-def _drain(timeout: float | None, left: str, hint: str) -> bool:
-    """Wait until every pool of this thread is quiet at once, or ``timeout`` passed;
-    ``left`` says what unfinished tasks are in the report, ``hint`` ends the note."""
+def _drain(timeout: float | None, left: str, hint: str, skip: Collection[Pool] = ()) -> bool:
+    """Wait until every pool of this thread (but those in ``skip``) is quiet at once, or ``timeout``
+    passed; ``left`` says what unfinished tasks are in the report, ``hint`` ends the note."""
     global _drainer
     started = time.monotonic()
     deadline = math.inf if timeout is None else started + timeout
@@ -175,12 +195,12 @@ def _drain(timeout: float | None, left: str, hint: str) -> bool:
     try:
         while True:
             # Nothing yields between the pools' checks: they are quiet at the same moment.
-            busy = _busy()
+            busy = _busy(skip)
             # spawn_later's tasks are accepted work too: waited for if their time comes
             # within the deadline, and reported as left otherwise.
-            due = _waiting_later(_pools_of_this_thread(), deadline)
+            due = _waiting_later(_pools_of_this_thread(skip), deadline)
             if not busy and not due:
-                later = _waiting_later(_pools_of_this_thread(), math.inf)
+                later = _waiting_later(_pools_of_this_thread(skip), math.inf)
                 if later:
                     _report_later(later, left, f"due after the {timeout:.1f} s deadline")
                     return False
@@ -188,7 +208,7 @@ def _drain(timeout: float | None, left: str, hint: str) -> bool:
             now = time.monotonic()
             if now >= deadline:
                 _report(busy, left, f"after the {timeout:.1f} s deadline")
-                later = _waiting_later(_pools_of_this_thread(), math.inf)
+                later = _waiting_later(_pools_of_this_thread(skip), math.inf)
                 _report_later(later, left, f"after the {timeout:.1f} s deadline")
                 return False
             wait = deadline - now
@@ -206,8 +226,8 @@ def _drain(timeout: float | None, left: str, hint: str) -> bool:
     except BaseException as exc:
         elapsed = time.monotonic() - started
         why = f"when the drain was interrupted by {type(exc).__name__} after {elapsed:.1f} s"
-        _report(_busy(), left, why)
-        _report_later(_waiting_later(_pools_of_this_thread(), math.inf), left, why)
+        _report(_busy(skip), left, why)
+        _report_later(_waiting_later(_pools_of_this_thread(skip), math.inf), left, why)
         raise
     finally:
         _drainer = previous

@@ -41,6 +41,7 @@ from tests.deploy_helpers import (
     subprocess_env,
     wait_until,
 )
+from tests.patient_receiver import PatientReceiver
 from tests.shutdown_scenarios import (
     Gunicorn,
     Orders,
@@ -316,7 +317,8 @@ def test_max_requests_recycling_drains_each_recycled_worker(tmp_path: Path) -> N
 
 
 def test_a_second_stop_signal_ends_the_drain_and_reports_it(tmp_path: Path) -> None:
-    with Receiver() as receiver:
+    # Held past the app's 10 s network timeout, a plain Receiver's notification would fail.
+    with PatientReceiver() as receiver:
         receiver.hold()  # never released: the drain cannot finish
         g = start_gunicorn(app_env(tmp_path, receiver, **SETTINGS), *CLASS)
         try:
@@ -515,7 +517,7 @@ def test_a_recycled_worker_gives_its_requests_graceful_timeout_then_ends_them(
 
 
 #: An app whose /queue queues 10 tasks that each take a minute on a pool of cap 1, and whose
-#: other requests take a minute too (saying so on stdout when they start).
+#: other requests take a minute too (saying so on stdout when they start and end).
 HELD_APP = """
     import gevent
     import ggopool
@@ -529,7 +531,10 @@ HELD_APP = """
                 background.go(gevent.sleep, 60)
         else:
             print("slow request started", flush=True)
-            gevent.sleep(60)
+            try:
+                gevent.sleep(60)
+            finally:
+                print("slow request ended", flush=True)
         start_response("200 OK", [("Content-Length", "2")])
         return [b"ok"]
 """
@@ -559,6 +564,9 @@ def test_a_request_past_graceful_timeout_still_leaves_the_drain_time_to_report(
         proc.stop()
     output = proc.output
     assert "Worker graceful timeout" in output, output
+    # The request was ended (its finally ran) before the drain reported, not left running.
+    ended = output.find("slow request ended")
+    assert 0 <= ended < output.find("tasks abandoned at exit"), output
     assert abandoned(output) == [10], output  # 1 running, 9 queued
     assert f"Worker exiting (pid: {worker})" in output, output
     assert KILLED not in output

@@ -14,10 +14,14 @@ import os
 import signal
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import gevent
 import pytest
+from geventhttpclient import HTTPClient
 
-from tests.deploy_helpers import wait_until
+from tests.deploy_helpers import LOOPBACK, wait_until
+from tests.patient_receiver import PatientReceiver
 from tests.shutdown_scenarios import (
     Orders,
     Outcome,
@@ -135,7 +139,9 @@ def test_gunicorn_max_requests_recycling_drains_each_recycled_worker(tmp_path: P
 
 
 def test_gunicorn_a_second_stop_signal_ends_the_drain_and_reports_it(tmp_path: Path) -> None:
-    with Receiver() as receiver:
+    # A patient receiver: held longer than the app's 10 s network timeout (a loaded machine
+    # takes that long to place the orders and stop), a notification would fail instead.
+    with PatientReceiver() as receiver:
         receiver.hold()  # never released: the drain cannot finish
         g = start_gunicorn(app_env(tmp_path, receiver, **SETTINGS))
         try:
@@ -156,6 +162,32 @@ def test_gunicorn_a_second_stop_signal_ends_the_drain_and_reports_it(tmp_path: P
     assert result.accepted == ORDERS
     assert result.notified == 0
     assert result.abandoned == result.tasks - result.ran > 0
+
+
+def test_a_patient_receiver_holds_a_notification_past_the_clients_network_timeout() -> None:
+    # The app's client reads with a timeout (10 s; 0.5 s here): a notification the
+    # receiver holds longer must still be held, then answered, not failed.
+    with PatientReceiver() as receiver:
+        receiver.trickle = 0.1
+        receiver.hold()
+        parts = urlsplit(receiver.url)
+        http = HTTPClient(LOOPBACK, parts.port, network_timeout=0.5)
+
+        def notify() -> int:
+            with http.post(parts.path, body=b'{"order_id": "o1"}') as response:
+                response.read()
+                return int(response.status_code)
+
+        try:
+            sent = gevent.spawn(notify)
+            wait_until(lambda: receiver.held == 1, 10, "the notification held")
+            gevent.sleep(1.5)  # time passing is the point: three network timeouts
+            assert receiver.held == 1
+            receiver.release()
+            assert sent.get(timeout=10) == 200
+        finally:
+            http.close()
+    assert receiver.answered == {"o1": 1}
 
 
 # -- python -m loadtests.app (gevent's pywsgi) -----------------------------------------------

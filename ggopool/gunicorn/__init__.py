@@ -24,9 +24,14 @@ What each stop of a worker then does (with the class, or with the hooks):
   whatever it abandons.
 * SIGINT or SIGQUIT (quick stop, Ctrl-C): gunicorn's gevent worker would leave at once,
   skipping the close of its server. The worker stops the way a graceful stop does instead.
-* Another SIGINT or SIGQUIT while the worker drains (a second Ctrl-C; the master sends
-  SIGQUIT when it gets SIGINT or SIGQUIT during a graceful stop) ends the drain at once,
-  and what it abandons is logged.
+* Another SIGINT or SIGQUIT once a stop has begun (a second Ctrl-C; the master sends
+  SIGQUIT when it gets SIGINT or SIGQUIT during a graceful stop, and SIGKILL 2 s later)
+  ends the waiting at once, whether for the requests or for the drain, and what is
+  abandoned is logged. Ctrl-C in a terminal reaches the worker twice, as its own SIGINT
+  and as the master's SIGQUIT: the SIGQUIT that follows a SIGINT which began the stop is
+  the same Ctrl-C, not a second one. (With the hooks, only `post_worker_init` sees the
+  signals before the requests have finished; without it a second signal ends the drain
+  only.)
 
 The drain's deadline is gunicorn's: the master SIGKILLs a worker ``graceful_timeout``
 (30 s) after a stop began, and a worker that sends no heartbeat for ``timeout`` (30 s).
@@ -40,8 +45,12 @@ last heartbeat; without it they take the stop to have begun when the requests fi
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -81,13 +90,18 @@ class StopClock:
     so the drain never outlives gunicorn's budget.
     """
 
-    __slots__ = ("beat", "began", "last_alive")
+    __slots__ = ("abandon", "beat", "began", "echo", "last_alive", "signalled")
 
     def __init__(self) -> None:
         now = time.monotonic()
         self.beat = now
         self.last_alive = now
         self.began: float | None = None
+        # Whether a stop signal has arrived; whether the next SIGQUIT is the master's echo
+        # of the SIGINT that began the stop; whether a second stop signal came.
+        self.signalled = False
+        self.echo = False
+        self.abandon = False
 
     def heartbeat(self, alive: bool) -> None:
         self.beat = now = time.monotonic()
@@ -100,11 +114,34 @@ class StopClock:
         """A stop signal arrived: the stop began now, if not before."""
         if self.began is None:
             self.began = time.monotonic()
+        self.signalled = True
+        self.echo = False
+
+    def quit(self, sig: int) -> bool:
+        """A SIGINT or SIGQUIT arrived: True if it is a second stop signal, after which
+        nothing more is waited for (`abandon`).
+
+        The first stop signal (SIGTERM, SIGINT or SIGQUIT) begins a graceful stop; any
+        SIGINT or SIGQUIT after it is a second one, except the SIGQUIT that follows a
+        SIGINT which began the stop: Ctrl-C in a terminal reaches the worker, and the
+        master, which forwards it as SIGQUIT."""
+        if not self.signalled:
+            self.stopping()
+            self.echo = sig == signal.SIGINT
+            return False
+        if self.echo and sig == signal.SIGQUIT:
+            self.echo = False
+            return False
+        self.echo = False
+        self.abandon = True
+        return True
 
     def budget(self, cfg: Any, beating: bool) -> float:
         """Seconds the drain may take from now: what ``graceful_timeout`` leaves since the
         stop began and, unless the worker goes on ``beating``, ``timeout`` since the last
-        heartbeat; less `MARGIN`, and never below 0."""
+        heartbeat; less `MARGIN`, and never below 0; 0 after a second stop signal."""
+        if self.abandon:
+            return 0.0
         now = time.monotonic()
         began = self.last_alive if self.began is None else self.began
         limits = [float(cfg.graceful_timeout) - (now - began)]
@@ -128,13 +165,16 @@ def _set_clock(clock: StopClock) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """gunicorn's ``post_worker_init`` hook: note when this worker's stop begins and its
-    heartbeats, so that `worker_exit` can take the time spent finishing requests off the
-    drain's deadline.
+    """gunicorn's ``post_worker_init`` hook: note when this worker's stop begins, the stop
+    signals it gets and its heartbeats, so that `worker_exit` can take the time spent
+    finishing requests off the drain's deadline and a second stop signal can end the
+    wait for the requests too; and send the ``ggopool`` logger's lines to gunicorn's
+    error log (its format, its ``--log-level``) while the application has given neither
+    that logger nor the root logger a handler.
 
-    It wraps the worker's ``notify`` (its heartbeat). If the config defines a
-    ``post_worker_init`` of its own, call this one from it. With the worker class it does
-    nothing (the class keeps its own clock).
+    It wraps the worker's ``notify`` (its heartbeat) and its handlers of SIGTERM, SIGINT
+    and SIGQUIT. If the config defines a ``post_worker_init`` of its own, call this one
+    from it. With the worker class it does nothing (the class keeps its own clock).
     """
     if getattr(worker, "ggopool_drains", False):
         return
@@ -147,6 +187,70 @@ def post_worker_init(worker: Any) -> None:
         notify()
 
     worker.notify = heartbeat
+    if getattr(worker, "pid", None) == os.getpid():  # in the worker: its signals, its log
+        _watch_signals(clock)
+        _route_logs(worker.log)
+
+
+def _watch_signals(clock: StopClock) -> None:
+    """Let ``clock`` see each stop signal before the worker's own handler runs."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        original = signal.getsignal(sig)
+        if callable(original):
+            signal.signal(sig, partial(_stop_signal, clock, original))
+
+
+def _stop_signal(
+    clock: StopClock, original: Callable[[int, Any], Any], sig: int, frame: Any
+) -> Any:
+    if sig == signal.SIGTERM:
+        clock.stopping()
+    else:
+        clock.quit(sig)
+    return original(sig, frame)
+
+
+class _ErrorLog(logging.Handler):
+    """Hands the ``ggopool`` logger's records to gunicorn's error log (its handlers, its
+    format, its level) when no other handler would take them."""
+
+    def __init__(self, glog: Any) -> None:
+        super().__init__()
+        self.glog = glog
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            error_log = self.glog.error_log
+            if not self._others() and error_log.isEnabledFor(record.levelno):
+                error_log.handle(record)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+    def _others(self) -> bool:
+        # A handler the application gave the ggopool logger or an ancestor (the root):
+        # the line goes there instead.
+        logger: logging.Logger | None = logging.getLogger("ggopool")
+        while logger is not None:
+            if any(handler is not self for handler in logger.handlers):
+                return True
+            if not logger.propagate:
+                return False
+            logger = logger.parent
+        return False
+
+
+def _route_logs(glog: Any) -> None:
+    """Send the ``ggopool`` logger's lines (the drain's notes, what it abandons) to
+    gunicorn's error log: each with gunicorn's time, pid and level, at gunicorn's
+    ``--log-level``. Only while the application has configured no handler of its own for
+    the ``ggopool`` logger or the root logger; then its handlers take them, as anywhere
+    else. The worker class and `post_worker_init` call it."""
+    logger = logging.getLogger("ggopool")
+    for handler in logger.handlers:
+        if isinstance(handler, _ErrorLog):
+            handler.glog = glog
+            return
+    logger.addHandler(_ErrorLog(glog))
 
 
 def worker_exit(server: Any, worker: Any) -> None:
@@ -168,23 +272,29 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 def worker_int(worker: Any) -> None:
     """gunicorn's ``worker_int`` hook (SIGINT, SIGQUIT): stop like a graceful stop, then
-    drain; a second signal during the drain ends it.
+    drain; a second stop signal ends the waiting.
 
     gunicorn's gevent worker calls it in a greenlet of its own that, once it returns,
     throws ``SystemExit`` into the worker's main greenlet. Holding that greenlet (up to
     ``graceful_timeout``, after which the master kills the worker anyway) lets the main
-    greenlet close the server, finish the requests and leave through `worker_exit`. With a
-    worker class that calls it from the signal handler itself (not gevent's), or with
-    ggopool's worker class (which stops this way by itself), it returns at once.
+    greenlet close the server, finish the requests and leave through `worker_exit`. On a
+    second stop signal (seen by `post_worker_init`'s handlers) it returns at once instead,
+    unless the drain is running (which it ends): the main greenlet stops waiting for its
+    requests, and `worker_exit` reports what is abandoned with no wait. With a worker class
+    that calls it from the signal handler itself (not gevent's), or with ggopool's worker
+    class (which stops this way by itself), it returns at once.
     """
     if getattr(worker, "ggopool_drains", False):
         return
     clock = _worker_clock()
-    if clock is not None:
-        clock.stopping()
+    if clock is not None and not clock.signalled:
+        clock.stopping()  # post_worker_init's handlers did not see the signal
     interrupted = _shutdown.interrupt_drain()
     if getcurrent().parent is None:
         return  # the main greenlet: not gunicorn's gevent worker, nothing to hold
     if interrupted:
         worker.log.info("ggopool: a second stop signal ended the drain")
+    elif clock is not None and clock.abandon:
+        worker.log.info("ggopool: a second stop signal ended the wait for the requests")
+        return
     gevent.sleep(float(worker.cfg.graceful_timeout) + MARGIN)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 import fcntl
 import logging
+import math
 import os
 import sys
 import termios
@@ -26,7 +27,7 @@ from ggopool._config import Config
 from ggopool._default import new_pool, register_pool
 from ggopool._locals import clear_locals
 from ggopool._pool import Pool
-from ggopool.gunicorn import HEARTBEAT, StopClock, _set_clock
+from ggopool.gunicorn import HEARTBEAT, StopClock, _route_logs, _set_clock
 
 __all__ = ["GeventWorker"]
 
@@ -54,12 +55,15 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
       over all the worker's listeners; the listeners stop accepting while it is full.
     * Every request runs in a copy of the connection task's ``contextvars`` context and
       leaves no greenlet-local state (``gevent.local``, or ``threading.local`` under
-      monkey-patching) behind: the next request on the same keep-alive connection, or the
-      next connection on the same worker greenlet, starts without what it set.
+      monkey-patching) behind: the next request on the same keep-alive connection (or the
+      next stream of an HTTP/2 connection), or the next connection on the same worker
+      greenlet, starts without what it set. `ggopool.drain` from a request waits for every
+      pool but this one, as from a request of ``-k gevent``.
     * A stop (SIGTERM, SIGHUP's SIGTERM, ``--max-requests``, and SIGQUIT or SIGINT too,
       which gunicorn's gevent worker treats as an exit on the spot) closes the listeners,
       closes the keep-alive connections that wait between two requests (a connection where
-      any byte of the next request has arrived is served, as ``-k gevent`` serves it),
+      any byte of the next request has arrived is served, as ``-k gevent`` serves it; an
+      HTTP/2 connection serving no stream, with nothing unread, gets a GOAWAY and closes),
       lets the requests in flight finish, then drains every pool of the process
       (`ggopool.drain`) while still sending its heartbeat. The requests get what
       ``graceful_timeout`` leaves since the stop began, less `ggopool.gunicorn.MARGIN` and
@@ -68,12 +72,19 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
       deadline is what ``graceful_timeout`` leaves, less `ggopool.gunicorn.MARGIN`, unless
       `ggopool.set_exit_drain` chose one, cut to the same point; what it abandons is
       logged, one line per pool.
-    * A second SIGQUIT or SIGINT while the worker drains ends the drain at once, logged.
-      The config's ``worker_int`` hook is still called on each.
+    * A second SIGQUIT or SIGINT at any point of the stop ends the waiting at once: the
+      requests still running are ended (given half a second), the drain waits no longer
+      (or, running, is ended), and what it abandons is logged, all within the 2 s the
+      master leaves after its own SIGQUIT. The SIGQUIT that follows a SIGINT which began
+      the stop is the same Ctrl-C, seen by the worker and through the master, not a second
+      signal. The config's ``worker_int`` hook is still called on each.
     * In gunicorn's master (``--preload`` imports the app there), tasks queued at import
-      never run in a worker (the master runs them as it exits); the master logs them once,
-      pool by pool, as it makes its first worker: queue start-up work in the
-      ``post_fork`` hook instead.
+      never run in a worker (the master runs them as it exits), and neither do its
+      ``spawn_later`` and ``start_later`` tasks; the master logs them once, pool by pool,
+      as it makes its first worker: queue start-up work in the ``post_fork`` hook instead.
+    * The ``ggopool`` logger's lines (the drain's notes and reports) go through gunicorn's
+      error log, with its format and its ``--log-level``, while the application has given
+      neither that logger nor the root logger a handler.
     """
 
     #: The name of the pool the connections run on.
@@ -85,17 +96,20 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # gunicorn makes its workers in the master, before the fork.
+        _route_logs(self.log)
         report_master_tasks()
         self.clock = StopClock()
         # Each connection's greenlet: its socket, the requests it has served, and while it
         # waits for another request on a kept-alive connection, the Timeout it waits under.
         self._connections: dict[Greenlet, _Connection] = {}
+        self._pool: Pool | None = None
 
     # -- the main loop ---------------------------------------------------------------------
 
     def run(self) -> None:
         _set_clock(self.clock)
-        pool = self._connection_pool()
+        _route_logs(self.log)
+        pool = self._pool = self._connection_pool()
         servers = [self._server(listener, pool) for listener in self.sockets]
         for server in servers:
             server.start()
@@ -119,6 +133,7 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
         config = Config(spawn_waits_when_full=True)
         pool = new_pool(self.CONNECTIONS, self.worker_connections, config)
         register_pool(pool)
+        _shutdown.serves_connections(pool)
         return pool
 
     def _server(self, listener: Any, pool: Pool) -> StreamServer:
@@ -141,6 +156,9 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
         # abandons, before the kill.
         while pool.free_count() != pool.size:
             left = self.clock.budget(self.cfg, beating=True) - ENDING
+            if self.clock.abandon:
+                pool.kill(ENDING)  # a second stop signal: _quit ends them too
+                return
             if left <= 0:
                 self.log.warning("Worker graceful timeout (pid:%s)", self.pid)
                 # The listeners are closed already; the connections end here, waited
@@ -170,19 +188,30 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
 
     def handle_quit(self, sig: int, frame: Any) -> None:
         # gunicorn's would throw SystemExit into the main greenlet without closing the
-        # server: stop as SIGTERM does instead. Blocking calls and the config's hook run
+        # server: the first stop signal stops as SIGTERM does instead, and a second one
+        # ends whatever the stop waits for. Blocking calls and the config's hook run
         # outside the signal handler, in a greenlet.
-        self.clock.stopping()
+        second = self.clock.quit(sig)
         self.alive = False
-        gevent.spawn(self._quit)
+        gevent.spawn(self._quit, second)
 
-    def _quit(self) -> None:
-        if _shutdown.interrupt_drain():
-            self.log.info("ggopool: a second stop signal ended the drain")
+    def _quit(self, second: bool) -> None:
+        if second:
+            self._end_the_wait()
         try:
             self.cfg.worker_int(self)
         except Exception:  # the config's hook must not stop the stop
             self.log.exception("Exception in worker_int hook")
+
+    def _end_the_wait(self) -> None:
+        # A second stop signal: the drain, if it runs, ends; otherwise the requests do (the
+        # main greenlet's wait for them then returns, and the drain takes no time).
+        pool = self._pool
+        if _shutdown.interrupt_drain():
+            self.log.info("ggopool: a second stop signal ended the drain")
+        elif pool is not None and pool.free_count() != pool.size:
+            self.log.info("ggopool: a second stop signal ended the requests in flight")
+            pool.kill(ENDING)
 
     # -- connections and requests ----------------------------------------------------------
 
@@ -212,6 +241,35 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
             if connection is not None:
                 connection.served += 1
 
+    def handle_http2(self, listener: Any, client: Any, addr: Any, *args: Any, **kwargs: Any) -> Any:
+        connection = self._connections.get(getcurrent())
+        if connection is not None:
+            connection.http2 = True
+        return super().handle_http2(listener, client, addr, *args, **kwargs)
+
+    def handle_http2_request(self, listener_name: Any, req: Any, *args: Any) -> Any:
+        # The streams of an HTTP/2 connection are served one after the other on its
+        # greenlet: each starts fresh, as a request of a kept-alive HTTP/1.1 connection.
+        me = getcurrent()
+        connection = self._connections.get(me)
+        if connection is not None:
+            connection.streams += 1
+        try:
+            return contextvars.copy_context().run(
+                super().handle_http2_request, listener_name, req, *args
+            )
+        except gevent.GreenletExit:
+            # Ended by the stop (as gunicorn's gevent worker ends an HTTP/1.1 request): the
+            # stream is reset, and the connection closes with a GOAWAY, since the worker
+            # is no longer alive.
+            return None
+        finally:
+            if me.__dict__:
+                clear_locals(me)
+            if connection is not None:
+                connection.streams -= 1
+                connection.served += 1
+
     def timeout_ctx(self) -> Any:
         return _NextRequest(self)
 
@@ -222,6 +280,8 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
         for greenlet, connection in list(self._connections.items()):
             if connection.waiting is not None:
                 hub.loop.run_callback(self._close_waiting, greenlet, connection.waiting)
+            elif connection.http2 and not connection.streams:
+                hub.loop.run_callback(self._close_idle_http2, greenlet, connection)
 
     def _close_waiting(self, greenlet: Greenlet, timeout: Timeout) -> None:
         # In the hub: the connection still waits under this timeout, and no byte of its
@@ -231,6 +291,19 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
         connection = self._connections.get(greenlet)
         if connection is not None and connection.waiting is timeout and not connection.unread():
             greenlet.throw(timeout)
+
+    def _close_idle_http2(self, greenlet: Greenlet, connection: _Connection) -> None:
+        # In the hub, as _close_waiting: an HTTP/2 connection serving no stream, with no
+        # byte unread, waits in its read between two streams (the stop's check of
+        # self.alive comes only after that read). A socket timeout there is its idle
+        # timeout: it sends GOAWAY and closes. (Anywhere else between two streams, a
+        # write, the timeout closes it too.)
+        if (
+            self._connections.get(greenlet) is connection
+            and not connection.streams
+            and not connection.unread()
+        ):
+            greenlet.throw(TimeoutError("the worker is stopping"))
 
 
 class _Connection:
@@ -244,11 +317,14 @@ class _Connection:
     body the app left unread: such a connection then waits for its next request as under
     ``-k gevent``, up to the keep-alive timeout.)"""
 
-    __slots__ = ("reader", "served", "sock", "waiting")
+    __slots__ = ("http2", "reader", "served", "sock", "streams", "waiting")
 
     def __init__(self, sock: Any) -> None:
         self.sock = sock
         self.served = 0
+        # Whether it speaks HTTP/2, and how many of its streams are being served.
+        self.http2 = False
+        self.streams = 0
         # The parser's reader (gunicorn's SocketUnreader), once a request names it.
         self.reader: Any = None
         # The keep-alive Timeout it waits for its next request under, until a byte of it.
@@ -340,13 +416,19 @@ _master_reported: int | None = None
 
 
 def report_master_tasks() -> None:
-    """Log, once per process, the pools that hold tasks in gunicorn's master."""
+    """Log, once per process, the pools that hold tasks in gunicorn's master: queued or
+    running, and scheduled with ``spawn_later`` or ``start_later``."""
     global _master_reported
     pid = os.getpid()
     if _master_reported == pid:
         return
+    pools = _shutdown._pools_of_this_thread()
     busy = _shutdown._busy()
-    if not busy:
+    later: dict[str, int] = {}
+    for task in _shutdown._waiting_later(pools, math.inf):
+        name = task._pool.name
+        later[name] = later.get(name, 0) + 1
+    if not busy and not later:
         return
     _master_reported = pid
     for pool in busy:
@@ -362,3 +444,12 @@ def report_master_tasks() -> None:
             )
         except Exception:  # noqa: BLE001 - a report must never raise
             pass
+    for name, count in sorted(later.items()):
+        log.warning(
+            "ggopool: pool %r: %d spawn_later tasks scheduled in gunicorn's master (pid %d), "
+            "which serves no requests, so no worker runs them (each worker cancels its copy "
+            "at the fork): schedule them in the post_fork hook",
+            name,
+            count,
+            pid,
+        )
