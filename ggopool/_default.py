@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
@@ -65,10 +66,11 @@ log = logging.getLogger("ggopool")
 class _ThreadDefault:
     """Holds a thread's default pool for as long as the thread lives."""
 
-    __slots__ = ("pool",)
+    __slots__ = ("pid", "pool")
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
+        self.pid = os.getpid()
 
     def __del__(self) -> None:
         # The thread has ended: its hub will never run what its default pool still holds.
@@ -77,6 +79,8 @@ class _ThreadDefault:
         pool = self.pool
         all_pools.discard(pool)
         pool._ident = pool._fast_ident = NO_THREAD
+        if self.pid != os.getpid():
+            return  # a forked child dropping the other threads: what they hold is the parent's
         try:
             stats = pool.stats()
             left = stats.pending + stats.running

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -183,3 +186,53 @@ def test_the_home_thread_keeps_go_on_the_default_pools_fast_path() -> None:
     assert pool._fast_ident == real_get_ident()
     assert this_threads_pools().count(pool) == 1
     assert all(not p.name.startswith("ggopool.DefaultPool (") for p in this_threads_pools())
+
+
+FORK_WITH_A_THREAD_POOL = textwrap.dedent(
+    """
+    import os, threading
+    import gevent
+    import ggopool
+    from gevent.monkey import get_original
+
+    allocate_lock = get_original("_thread", "allocate_lock")
+    go_on, ready = allocate_lock(), allocate_lock()
+    go_on.acquire()
+    ready.acquire()
+    ran = []
+
+    def body():
+        gevent.get_hub()
+        ggopool.go(ran.append, 1)
+        ggopool.go(ran.append, 2)
+        ready.release()
+        go_on.acquire()  # blocked natively: the hub does not run until the fork is done
+        assert ggopool.drain(10)
+        print("thread ran", ran, flush=True)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    ready.acquire()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)  # the child dropped the thread and its pool as it started
+    _, status = os.waitpid(pid, 0)
+    go_on.release()
+    thread.join(10)
+    print("child status", status)
+    """
+)
+
+
+def test_a_forked_child_drops_another_threads_default_pool_without_a_report() -> None:
+    # The queued tasks belong to the parent's thread, where they run; the child, which
+    # has no such thread, says nothing of them.
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_WITH_A_THREAD_POOL],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (out.returncode, out.stderr) == (0, "")
+    assert out.stdout == "thread ran [1, 2]\nchild status 0\n"
