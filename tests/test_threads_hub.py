@@ -236,3 +236,34 @@ def test_a_forked_child_drops_another_threads_default_pool_without_a_report() ->
     )
     assert (out.returncode, out.stderr) == (0, "")
     assert out.stdout == "thread ran [1, 2]\nchild status 0\n"
+
+
+def test_the_default_pools_submit_and_spawn_from_a_thread_with_a_hub_hand_over() -> None:
+    # The way to hand a task to the home thread from a thread that runs a hub of its own.
+    ran: list[tuple[str, int]] = []
+    handles: list[ggopool.Task[None]] = []
+
+    def body() -> list[Pool]:
+        gevent.get_hub()
+        handles.append(ggopool.default_pool().submit(record, ran, "submit"))
+        handles.append(ggopool.default_pool().spawn(record, ran, "spawn"))
+        return this_threads_pools()
+
+    assert in_thread(body) == []
+    gevent.joinall(handles, timeout=10, raise_error=True)
+    assert sorted(ran) == [("spawn", real_get_ident()), ("submit", real_get_ident())]
+
+
+def test_go_from_a_function_in_gevents_threadpool_hands_over() -> None:
+    ran: list[tuple[str, int]] = []
+    done = Event()
+
+    def in_threadpool() -> int:
+        ggopool.go(record, ran, "go")
+        ggopool.go(done.set)
+        return real_get_ident()
+
+    worker_ident = gevent.get_hub().threadpool.spawn(in_threadpool).get(timeout=10)
+    assert worker_ident != real_get_ident()
+    assert done.wait(10)
+    assert ran == [("go", real_get_ident())]
