@@ -124,6 +124,13 @@ def default_pool() -> Pool:
     It is named ``"ggopool.DefaultPool"``, its cap is unlimited (``sys.maxsize``) and it
     is not in the registry, as in gopool. It belongs to the thread that imported ggopool;
     see `go` for the default pools of other threads that run a hub of their own.
+
+    Its ``go`` and ``ctx_go`` are `go`'s and `ctx_go`'s: from another thread that has a hub
+    of its own they queue the task on that thread's default pool (which keeps ``go`` from
+    the thread that imported ggopool as cheap as any pool's). Its other methods, called
+    from another thread, hand the call over as every pool's do: ``submit`` and ``spawn``
+    on it are the way to hand a task to the thread that imported ggopool from a thread
+    that has a hub of its own.
     """
     return _default_pool
 
