@@ -162,7 +162,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
       another takes the queue.
     * Threads: a pool belongs to the thread that made it; its workers run on that
       thread's hub. ``go``, ``ctx_go``, ``submit``, ``try_go``, ``spawn`` and ``set_cap``
-      (and ``ggopool.spawn_later``) from any other thread hand the call over to it
+      (and a task's ``start_later``) from any other thread hand the call over to it
       (``loop.run_callback_threadsafe``); such a
       task is accepted when handed over, so a later ``close()`` or a full queue does not
       refuse it, and ``join()`` and ``stats()`` count it from then on. ``spawn`` on a pool

@@ -11,3 +11,5 @@ from gevent.monkey import get_original
 
 get_ident: Callable[[], int] = get_original("_thread", "get_ident")
 allocate_lock: Callable[[], Any] = get_original("_thread", "allocate_lock")
+#: The real thread-local class: monkey-patched, ``threading.local`` is per greenlet.
+local: Callable[[], Any] = get_original("_thread", "_local")

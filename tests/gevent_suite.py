@@ -9,6 +9,8 @@ own too: some set class attributes of gevent's test base at import time)::
     python -m tests.gevent_suite --diff     # also show every line the shim changed
     python -m tests.gevent_suite --gevent   # the same files, unchanged, against gevent
     python -m tests.gevent_suite --min-passed 230   # exit 1 below that many passes
+    python -m tests.gevent_suite --require test__event:TestEventCrossThread
+        # exit 1 unless every test of that file (or file:Class) ran and passed
     python -m tests.gevent_suite --servers  # gevent's server tests, servers given a pool
 
 The rewrites, and nothing else (a line that matches none of them is run as gevent wrote it):
@@ -56,15 +58,24 @@ from pathlib import Path
 from typing import Any
 
 #: The files, and for each the test classes that belong to the measure (None: all).
-#: test__event.py tests Event and AsyncResult; the measure takes its AsyncResult tests that
-#: run in one thread, including an AsyncResult as the target of a task's link.
+#: test__event.py tests Event and AsyncResult; the measure takes its AsyncResult tests,
+#: including an AsyncResult as the target of a task's link, and its cross-thread tests of
+#: both, whose native threads spawn tasks that run on their own hubs.
+#: test__issue2013.py wakes tasks waiting on a semaphore from a thread with no hub.
 FILES: dict[str, frozenset[str] | None] = {
     "test__pool": None,
     "test__greenlet": None,
     "test__joinall": None,
     "test__event": frozenset(
-        {"TestAsyncResult", "TestAsyncResultAsLinkTarget", "TestWaitAsyncResult"}
+        {
+            "TestAsyncResult",
+            "TestAsyncResultAsLinkTarget",
+            "TestWaitAsyncResult",
+            "TestAsyncResultCrossThread",
+            "TestEventCrossThread",
+        }
     ),
+    "test__issue2013": None,
 }
 
 #: gevent's server tests (``--servers``); test__server_pywsgi.py imports test__server.py,
@@ -369,6 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--servers", action="store_true", help="run gevent's server tests, servers given a pool"
     )
+    parser.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        metavar="FILE[:CLASS]",
+        help="exit 1 unless every test of FILE (or of its CLASS) ran and passed",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -380,10 +398,32 @@ def main(argv: list[str] | None = None) -> int:
             print(show_diff(name))
     outcomes, seconds = run_all(shimmed=not args.gevent, verbose=args.verbose, files=files)
     passed = report(outcomes, seconds, args.details, files)
+    failed = False
     if passed < args.min_passed:
         print(f"FAIL: {passed} passed, fewer than the floor of {args.min_passed}")
-        return 1
-    return 0
+        failed = True
+    for required in args.require:
+        problem = missing_passes(outcomes, required)
+        if problem:
+            print(f"FAIL: {required}: {problem}")
+            failed = True
+    return 1 if failed else 0
+
+
+def missing_passes(outcomes: dict[str, dict[str, Any]], required: str) -> str:
+    """What keeps every test of ``required`` (``file`` or ``file:Class``) from having
+    passed, or "" if nothing does."""
+    name = required.split(":")[0]
+    if f"{name} (whole file)" in outcomes:
+        return "the file did not run to the end"
+    prefix = required + ("." if ":" in required else ":")
+    mine = {key: o for key, o in outcomes.items() if key.startswith(prefix)}
+    if not mine:
+        return "no such test ran"
+    not_passed = sorted(key for key, o in mine.items() if o["outcome"] != "passed")
+    if not_passed:
+        return f"{len(not_passed)} of {len(mine)} did not pass: {', '.join(not_passed)}"
+    return ""
 
 
 if __name__ == "__main__":

@@ -9,15 +9,21 @@ And what tasks sharing a worker do share: ``threading.get_ident()`` and
 
 from __future__ import annotations
 
+import contextvars
+import gc
 import json
 import subprocess
 import sys
 import textwrap
+import weakref
 from pathlib import Path
 from typing import Any
 
 import gevent
+from gevent.event import Event
+from gevent.pywsgi import WSGIServer
 
+import ggopool
 from tests.deploy_helpers import Proc, client, start_flask_gunicorn, subprocess_env
 
 CLIENTS = 16
@@ -151,3 +157,111 @@ def test_under_monkey_patching_tasks_on_one_worker_share_the_thread_identity(
         "next task takes the leaked RLock: True",
         "next task's thread name: order-42",
     ]
+
+
+class Connection:
+    """What an app keeps in ``g`` for the request and closes in its teardown."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+
+def serve_one_request(app: Any, path: str) -> None:
+    """Serve ``app`` on gevent's pywsgi with a ggopool pool, GET ``path`` once (200), and
+    return once the request is over, its teardown run."""
+    # gevent's type stubs name only gevent.pool.Pool as spawn=.
+    pool: Any = ggopool.new_pool("flask.one-request", 4)
+    server = WSGIServer(("127.0.0.1", 0), app, spawn=pool, log=None)
+    server.start()
+    try:
+        http = client(f"http://127.0.0.1:{server.server_port}")
+        try:
+            with http.get(path) as response:
+                assert (response.status_code, response.read()) == (200, b"queued")
+        finally:
+            http.close()
+        assert pool.join(10)
+    finally:
+        server.stop(timeout=5)
+
+
+def wait_for(seen: dict[str, Any], n: int) -> None:
+    with gevent.Timeout(10):
+        while len(seen) < n:
+            gevent.sleep(0.001)
+
+
+def test_a_go_task_reads_request_and_g_after_the_response_but_teardown_closed_g_s_things() -> None:
+    # Flask keeps its request and app contexts in context variables, and a ggopool task
+    # runs in a copy of its caller's: after the response it still reads request and g.
+    # gevent.spawn's greenlet starts in an empty context and cannot. The copy keeps the
+    # request alive until the task ends, and the teardown has closed what g holds.
+    from flask import Flask, g, request
+
+    app = Flask("after_the_response")
+    gate = Event()
+    seen: dict[str, Any] = {}
+    requests: list[weakref.ref[Any]] = []
+
+    @app.teardown_appcontext
+    def close_connection(exc: BaseException | None) -> None:
+        g.connection.closed = True
+
+    def in_go_task() -> None:
+        gate.wait()
+        seen["go"] = (request.args["rid"], g.rid, g.connection.closed)
+
+    def in_spawned_greenlet() -> None:
+        gate.wait()
+        try:
+            seen["spawn"] = request.args["rid"]
+        except RuntimeError as exc:
+            seen["spawn"] = str(exc).splitlines()[0]
+
+    @app.get("/later")
+    def later() -> str:
+        g.rid = request.args["rid"]
+        g.connection = Connection()
+        requests.append(weakref.ref(request._get_current_object()))  # type: ignore[attr-defined]
+        ggopool.go(in_go_task)
+        gevent.spawn(in_spawned_greenlet)
+        return "queued"
+
+    serve_one_request(app, "/later?rid=r1")  # the request is over: its teardown has run
+    gc.collect()
+    [request_ref] = requests
+    assert request_ref() is not None  # kept alive by the waiting task's context
+    gate.set()
+    wait_for(seen, 2)
+    assert seen == {"go": ("r1", "r1", True), "spawn": "Working outside of request context."}
+    assert ggopool.default_pool().join(10)
+    gc.collect()
+    assert request_ref() is None  # freed once the task is done
+
+
+def test_a_task_queued_in_an_empty_context_with_values_does_not_keep_the_request() -> None:
+    # The way out of both traps: pass the values, run in an empty context.
+    from flask import Flask, request
+
+    app = Flask("values_only")
+    gate = Event()
+    seen: dict[str, Any] = {}
+    requests: list[weakref.ref[Any]] = []
+
+    def with_values(rid: str) -> None:
+        gate.wait()
+        seen["rid"] = rid
+
+    @app.get("/later")
+    def later() -> str:
+        requests.append(weakref.ref(request._get_current_object()))  # type: ignore[attr-defined]
+        ggopool.ctx_go(contextvars.Context(), with_values, request.args["rid"])
+        return "queued"
+
+    serve_one_request(app, "/later?rid=r2")
+    gc.collect()
+    [request_ref] = requests
+    assert request_ref() is None  # the waiting task holds only the value
+    gate.set()
+    wait_for(seen, 1)
+    assert seen == {"rid": "r2"}

@@ -454,7 +454,10 @@ HAND_OVERS: dict[str, Callable[[ggopool.Pool], object]] = {
     "go": lambda pool: pool.go(lambda: None),
     "submit": lambda pool: pool.submit(lambda: None),
     "spawn, waiting for room": lambda pool: pool.spawn(lambda: None),
-    "spawn_later": lambda pool: ggopool.spawn_later(0, lambda: None),
+    "ggopool.go, from a thread with no hub": lambda pool: ggopool.go(lambda: None),
+    "the default pool's start_later": lambda pool: (
+        ggopool.default_pool().task(lambda: None).start_later(0)
+    ),
     "start_later": lambda pool: pool.task(lambda: None).start_later(0),
 }
 

@@ -52,7 +52,7 @@ def test_four_threads_submit_40000_tasks_all_run_once_on_the_hub_thread() -> Non
     assert pool.stats().submitted == len(runs)
 
 
-def test_module_functions_and_submit_work_from_another_thread() -> None:
+def test_module_go_and_the_default_pools_spawn_from_a_thread_with_no_hub_hand_over() -> None:
     got: list[tuple[str, int]] = []
     done = Event()
     handles: list[ggopool.Task[int]] = []
@@ -69,7 +69,7 @@ def test_module_functions_and_submit_work_from_another_thread() -> None:
     def other_thread() -> None:
         ggopool.go(record, "go")
         ggopool.ctx_go(contextvars.Context(), record, "ctx_go")
-        handles.append(ggopool.spawn(spawned))
+        handles.append(ggopool.default_pool().spawn(spawned))  # ggopool.spawn makes a hub
 
     t = threading.Thread(target=other_thread)
     t.start()
@@ -259,7 +259,7 @@ def test_workers_whose_start_or_wake_up_was_pending_at_the_fork_stay_out_of_the_
     assert out.stdout.split() == ["status", "0", "[0,", "1,", "2]"], out.stdout
 
 
-def test_spawn_later_from_another_thread_starts_its_timer_on_the_pools_hub() -> None:
+def test_start_later_from_another_thread_starts_its_timer_on_the_pools_hub() -> None:
     ran: list[int] = []
     done = Event()
     handles: list[ggopool.Task[None]] = []
@@ -269,7 +269,11 @@ def test_spawn_later_from_another_thread_starts_its_timer_on_the_pools_hub() -> 
         done.set()
 
     def other_thread() -> None:
-        handles.append(ggopool.spawn_later(0.01, record))
+        # As ggopool.spawn_later(0.01, record) does from the pool's thread (from this one,
+        # it would make this thread's hub and run there: tests/test_threads_hub.py).
+        task = ggopool.default_pool().task(record)
+        task.start_later(0.01)
+        handles.append(task)
 
     t = threading.Thread(target=other_thread)
     t.start()
@@ -283,10 +287,16 @@ def test_spawn_later_from_another_thread_starts_its_timer_on_the_pools_hub() -> 
     assert task.successful()
 
 
-def test_spawn_later_from_another_thread_killed_before_the_hub_starts_its_timer() -> None:
+def test_start_later_from_another_thread_killed_before_the_hub_starts_its_timer() -> None:
     ran: list[int] = []
     handles: list[ggopool.Task[None]] = []
-    t = threading.Thread(target=lambda: handles.append(ggopool.spawn_later(0, ran.append, 1)))
+
+    def other_thread() -> None:
+        task = ggopool.default_pool().task(ran.append, 1)
+        task.start_later(0)
+        handles.append(task)
+
+    t = threading.Thread(target=other_thread)
     t.start()
     t.join(10)  # a real join: the hub does not run meanwhile, so the timer is not made yet
     [task] = handles
