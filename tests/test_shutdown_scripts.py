@@ -86,10 +86,14 @@ def test_the_exit_drain_turned_off_neither_waits_nor_reports(tmp_path: Path) -> 
 
 
 SCRIPT_CTRL_C = """
-    import os, sys
+    import os, signal, sys
     import gevent
     import ggopool
 
+    # Ctrl-C raises KeyboardInterrupt here even if this process was started with SIGINT
+    # ignored (as a background job of a non-interactive shell starts the suite, and so
+    # this script), where Python would leave it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ggopool.set_exit_drain(60)
     fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
