@@ -164,7 +164,7 @@ PER_TASK_SCRIPT = textwrap.dedent(
 
 def run_script(script: str, *args: object) -> dict[str, Any]:
     """Run ``script`` in a fresh interpreter; the JSON object it printed last."""
-    result: dict[str, Any] = json.loads(printed_lines(script, *args, timeout=120)[-1])
+    result: dict[str, Any] = json.loads(printed_lines(script, *args)[-1])
     return result
 
 

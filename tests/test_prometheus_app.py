@@ -172,7 +172,7 @@ def test_metrics_list_every_pool_of_every_worker_with_the_values_of_its_stats(
                 for pool in POOLS
             )
 
-        wait_until(published, timeout=10, what="both workers to publish their counts")
+        wait_until(published, timeout=30, what="both workers to publish their counts")
 
         # The first scrape: the peaks since the workers started.
         first = scrape_metrics(url)
