@@ -40,6 +40,14 @@ class HubErrors:
         return taken
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    # The loop reads its clock once per turn, and it has not turned while the test's
+    # fixtures were set up (which can take tens of ms on a busy machine): a timer the test
+    # starts on that stale clock (``spawn_later(0.05)``) would be due at once.
+    gevent.get_hub().loop.update_now()
+
+
 @pytest.fixture(autouse=True)
 def hub_errors(request: pytest.FixtureRequest) -> Iterator[HubErrors]:
     hub = gevent.get_hub()

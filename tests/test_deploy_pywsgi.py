@@ -86,9 +86,13 @@ def test_many_clients_each_background_task_runs_once_and_caps_hold(tmp_path: Pat
     }
     assert background["submitted"] == background["completed"] == 2 * orders
     assert background["failed"] == fanout["failed"] == 0
-    # The cap held, and was reached: 50 clients queue far more than 4 tasks at once.
-    assert background["peak_running"] == background["peak_workers"] == BACKGROUND_CAP
-    assert fanout["peak_running"] == fanout["peak_workers"] == FANOUT_CAP
+    # The cap held, and was reached: 50 clients queue far more than 4 tasks at once. (The
+    # app samples its workers after each go(), which may count a start not made yet or miss
+    # one made later: a bound, not a figure to compare with the running peak.)
+    assert background["peak_running"] == BACKGROUND_CAP
+    assert fanout["peak_running"] == FANOUT_CAP
+    assert 1 <= background["peak_workers"] <= BACKGROUND_CAP
+    assert 1 <= fanout["peak_workers"] <= FANOUT_CAP
     assert fanout["completed"] == 8 * len(dashboards) == 8 * (CLIENTS // 5)
     # Exactly once, as seen from outside the app: one notification and one audit record
     # per order, none for an order that does not exist.

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import subprocess
-import sys
 import textwrap
 from typing import Any
 
@@ -16,6 +14,7 @@ from gevent.event import Event
 import ggopool
 from ggopool import Config
 from tests.conftest import HubErrors
+from tests.subprocess_helpers import run_python
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -148,9 +147,7 @@ def test_keyboard_interrupt_in_a_task_reaches_the_main_greenlet() -> None:
             print("main greenlet got KeyboardInterrupt")
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
+    out = run_python(code)
     assert out.stdout.strip() == "main greenlet got KeyboardInterrupt"
     assert "<task task of pool 'ggopool.DefaultPool'> failed with KeyboardInterrupt" in out.stderr
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextvars
 import random
-import sys
 import textwrap
 import threading
 import time
@@ -20,14 +19,13 @@ from typing import Any
 
 import gevent
 import pytest
-from gevent import subprocess
 from gevent.event import Event
 from greenlet import GreenletExit
 
 import ggopool
 from ggopool import Config, FailedTask
 from tests.conftest import HubErrors
-from tests.deploy_helpers import REPO, subprocess_env
+from tests.subprocess_helpers import run_python
 
 SEED = 20240601
 
@@ -204,14 +202,7 @@ SYSTEM_ERROR_SCRIPT = textwrap.dedent(
 
 
 def run_system_error(how: str, name: str, caught: bool) -> tuple[int, str, str]:
-    out = subprocess.run(
-        [sys.executable, "-c", SYSTEM_ERROR_SCRIPT, how, name, "caught" if caught else "raise"],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_python(SYSTEM_ERROR_SCRIPT, how, name, "caught" if caught else "raise", check=False)
     return out.returncode, out.stdout, out.stderr
 
 

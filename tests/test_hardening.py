@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import functools
 import io
-import subprocess
-import sys
-import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +27,7 @@ import ggopool
 from ggopool import Config, FailedTask, TaskCancelled
 from tests.conftest import HubErrors
 from tests.faulty import BrokenRepr, BrokenReprError, recurse
+from tests.subprocess_helpers import printed_lines
 
 #: How long a wait that hangs on a broken pool is given before the test fails.
 HANG = 5.0
@@ -597,17 +595,6 @@ def test_go_after_the_hub_was_destroyed_runs_on_the_new_hub() -> None:
 # -- 11 and 12. fork --------------------------------------------------------------------------
 
 
-def run_script(script: str) -> list[str]:
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, (out.stdout, out.stderr)
-    return out.stdout.splitlines()
-
-
 FORK_QUEUED_TASK = """
     from gevent import monkey
     monkey.patch_all()
@@ -652,7 +639,7 @@ FORK_QUEUED_TASK = """
 
 
 def test_task_queued_in_the_parent_is_cancelled_in_the_forked_child() -> None:
-    lines = run_script(FORK_QUEUED_TASK)
+    lines = printed_lines(FORK_QUEUED_TASK)
     assert sorted(lines) == [
         "child [True, True, 'TaskCancelled', True, 0, 0, 'child', 0, 0]",
         "parent parent",
@@ -693,7 +680,7 @@ FORK_CLOSED_POOL = """
 
 
 def test_pool_closed_before_fork_stays_closed_in_the_child() -> None:
-    lines = run_script(FORK_CLOSED_POOL)
+    lines = printed_lines(FORK_CLOSED_POOL)
     assert sorted(lines) == [
         "child True pool 'fork' is closed: it accepts no new tasks",
         "status 0",

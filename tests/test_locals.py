@@ -5,8 +5,6 @@ there), attributes set on getcurrent()."""
 from __future__ import annotations
 
 import gc
-import subprocess
-import sys
 import textwrap
 import weakref
 from typing import Any
@@ -16,6 +14,7 @@ import gevent.local
 
 import ggopool
 from ggopool._locals import _greenlet_deleted
+from tests.subprocess_helpers import run_python
 
 
 class Counter(gevent.local.local):
@@ -109,13 +108,6 @@ PATCHED = textwrap.dedent(
 
 
 def test_threading_local_under_monkey_patching_is_fresh_in_each_task() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", PATCHED],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_python(PATCHED)
     assert proc.stdout.strip() == str([(None, "anonymous")] * 3)
     assert proc.stderr == ""  # no "Exception ignored" from a weak-reference callback

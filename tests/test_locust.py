@@ -11,31 +11,16 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
 from tests.deploy_helpers import (
-    LOCUST,
     Proc,
-    free_port,
     headless,
     imported_with_ggopool,
-    running,
     start_app,
     subprocess_env,
 )
+from tests.locust_helpers import counts, distributed, entries
 from tests.prometheus_helpers import WAIT, Scrape
-
-COUNTS = r"(\d+) submitted, (\d+) run, (\d+) failed, (\d+) cancelled, (\d+) peak workers"
-
-
-def entries(json_file: Path) -> dict[str, dict[str, Any]]:
-    stats = json.loads(json_file.with_suffix(".json").read_text())
-    return {entry["name"]: entry for entry in stats}
-
-
-def counts(output: str, pattern: str) -> list[tuple[int, int, int, int, int]]:
-    found = re.findall(pattern + COUNTS, output)
-    return [(int(a), int(b), int(c), int(d), int(e)) for a, b, c, d, e in found]
 
 
 def test_importing_ggopool_does_not_import_locust() -> None:
@@ -99,34 +84,6 @@ def test_a_pool_task_that_raises_fails_the_run(tmp_path: Path) -> None:
     assert 'raise ZeroDivisionError("boom")' in locust.output  # the traceback
     [(submitted, run, failed, _, _)] = counts(locust.output, r"ggopool pool 'jobs': ")
     assert submitted == run == failed > 0
-
-
-def distributed(locustfile: str, url: str, *extra: str) -> tuple[int, Proc, Proc, Proc]:
-    """A headless master and two workers on 127.0.0.1; the master's exit code and the
-    three processes, all exited."""
-    port = str(free_port())
-    master_args = headless(
-        locustfile,
-        url,
-        "3s",
-        "--master",
-        "--master-bind-host",
-        "127.0.0.1",
-        "--master-bind-port",
-        port,
-        "--expect-workers",
-        "2",
-        "--expect-workers-max-wait",
-        "20",
-        *extra,
-    )
-    worker_args = [*LOCUST, "-f", locustfile, "--worker", "--master-host", "127.0.0.1"]
-    worker_args += ["--master-port", port]
-    with running(master_args) as master, running(worker_args) as w1, running(worker_args) as w2:
-        code = master.wait(timeout=45)
-        w1.wait(timeout=10)
-        w2.wait(timeout=10)
-    return code, master, w1, w2
 
 
 def test_distributed_master_sums_the_workers_pool_counts(tmp_path: Path) -> None:

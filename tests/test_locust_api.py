@@ -6,9 +6,9 @@ not see."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
+
+from tests.subprocess_helpers import run_python
 
 SCRIPT = textwrap.dedent(
     """
@@ -73,6 +73,5 @@ SCRIPT = textwrap.dedent(
 
 
 def test_tracked_pool_rules_outside_a_locust_run() -> None:
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
+    out = run_python(SCRIPT)
     assert out.stdout.strip() == "ok"

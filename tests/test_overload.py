@@ -12,17 +12,15 @@ so that neither case inherits the other's heap.
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 from typing import Any
 
 import gevent
-from gevent import subprocess
 from gevent.event import Event
 
 import ggopool
 from ggopool import Config, PoolFull
-from tests.deploy_helpers import REPO, subprocess_env
+from tests.subprocess_helpers import printed_lines
 
 #: Submissions per round and rounds; the pool finishes about a tenth of each round
 #: before the next (cap 10, one yield per task, one yield per round).
@@ -165,16 +163,8 @@ PER_TASK_SCRIPT = textwrap.dedent(
 
 
 def run_script(script: str, *args: object) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-c", script, *map(str, args)],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
+    """Run ``script`` in a fresh interpreter; the JSON object it printed last."""
+    result: dict[str, Any] = json.loads(printed_lines(script, *args)[-1])
     return result
 
 

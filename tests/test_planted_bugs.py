@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from typing import Any, NoReturn
@@ -24,23 +21,12 @@ from greenlet import GreenletExit
 import ggopool
 from ggopool import Config, _shutdown
 from tests.conftest import HubErrors, parked_in_order, wait_then_worker
+from tests.subprocess_helpers import printed_lines
 
 HANG = 5.0
 
 #: time.sleep even if a test monkey-patched it: blocks the hub for real.
 block_the_hub = get_original("time", "sleep")
-
-
-def run_script(script: str) -> list[str]:
-    """Run a Python script in a process of its own; the lines it printed."""
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, (out.stdout, out.stderr)
-    return out.stdout.splitlines()
 
 
 # -- a group raises its first failure ---------------------------------------------------------
@@ -140,18 +126,11 @@ FORK_RELEASES_PARKED = """
 
 
 def test_forked_child_releases_the_parked_workers_it_inherited() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(FORK_RELEASES_PARKED)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    assert sorted(out.stdout.splitlines()) == [
+    assert sorted(printed_lines(FORK_RELEASES_PARKED)) == [
         # In the child each inherited worker ran to its end; a new one ran the new task.
         "child [True, True, True] 0 0 False",
         "parent [False, False, False] 3 0",
-    ], out.stderr
+    ]
 
 
 # -- a thread's hand-over goes through the pool's hub --------------------------------------------
@@ -318,7 +297,7 @@ FORK_MEMBERS = """
 
 
 def test_forked_child_starts_with_no_members() -> None:
-    assert sorted(run_script(FORK_MEMBERS)) == [
+    assert sorted(printed_lines(FORK_MEMBERS)) == [
         "before 2 True 0",
         "child 0 False 2 True []",
         "parent 0 0",
@@ -399,7 +378,7 @@ CANCEL_LATER = """
 
 def test_cancel_of_a_pending_spawn_later_task_stops_its_timer() -> None:
     # Nothing keeps the loop alive: gevent.wait() returns at once, True (no timeout).
-    assert run_script(CANCEL_LATER) == ["wait True True", "cancelled True"]
+    assert printed_lines(CANCEL_LATER) == ["wait True True", "cancelled True"]
 
 
 # -- imap ends right after the last result when results complete out of order ---------------------

@@ -6,13 +6,11 @@ from __future__ import annotations
 import contextvars
 import json
 import math
-import sys
 import textwrap
 from pathlib import Path
 
 import gevent
 import pytest
-from gevent import subprocess
 from gevent.event import Event
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -30,6 +28,7 @@ from tests.conftest import HubErrors
 from tests.deploy_helpers import imported_with_ggopool, subprocess_env
 from tests.pool_surface import exercise
 from tests.prometheus_helpers import COUNTERS, GAUGES, WAIT, Scrape, assert_matches_stats
+from tests.subprocess_helpers import run_python
 
 _names = iter(range(1_000_000))
 
@@ -411,14 +410,7 @@ def test_the_multiprocess_publisher_writes_values_a_scrape_of_any_process_reads(
 ) -> None:
     directory = tmp_path / "multiproc"
     directory.mkdir()
-    out = subprocess.run(
-        [sys.executable, "-c", PUBLISHER_SCRIPT],
-        env=subprocess_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_python(PUBLISHER_SCRIPT, env=subprocess_env(PROMETHEUS_MULTIPROC_DIR=str(directory)))
     got = json.loads(out.stdout)
     pid, child = str(got["pid"]), str(got["child"])
 
@@ -494,14 +486,7 @@ MASTER_SCRIPT = textwrap.dedent(
 def test_a_publisher_started_where_the_hub_never_runs_publishes_nothing(tmp_path: Path) -> None:
     directory = tmp_path / "multiproc"
     directory.mkdir()
-    out = subprocess.run(
-        [sys.executable, "-c", MASTER_SCRIPT],
-        env=subprocess_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_python(MASTER_SCRIPT, env=subprocess_env(PROMETHEUS_MULTIPROC_DIR=str(directory)))
     _master, child = out.stdout.split()
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]

@@ -172,9 +172,9 @@ def test_metrics_list_every_pool_of_every_worker_with_the_values_of_its_stats(
                 for pool in POOLS
             )
 
-        wait_until(published, timeout=10, what="both workers to publish their counts")
+        wait_until(published, timeout=30, what="both workers to publish their counts")
 
-        # The first scrape: the peaks since the workers started, as the app counted them.
+        # The first scrape: the peaks since the workers started.
         first = scrape_metrics(url)
         assert first.types["ggopool_tasks_submitted"] == "counter"
         assert first.types["ggopool_workers"] == "gauge"
@@ -186,10 +186,17 @@ def test_metrics_list_every_pool_of_every_worker_with_the_values_of_its_stats(
             for pool in MEASURED:
                 counted = s["pools"][pool]
                 labels = {"pid": str(pid), "pool": pool}
-                assert (
-                    first.value("ggopool_tasks_running_peak", **labels) == counted["peak_running"]
-                )
-                assert first.value("ggopool_workers_peak", **labels) == counted["peak_workers"]
+                # The app counts its tasks running as they start, as the instrument does:
+                # the same peak.
+                running_peak = first.value("ggopool_tasks_running_peak", **labels)
+                assert running_peak == counted["peak_running"]
+                # The workers' peak is sampled as each worker starts. The app's own figure,
+                # sampled after each go(), can differ either way (it may count a start not
+                # made yet, or miss one made after its go() returned), so it is no reference:
+                # every task running at the peak ran on a worker of its own, all alive at
+                # the start of the last of them, and the cap bounds the workers.
+                workers_peak = first.value("ggopool_workers_peak", **labels)
+                assert running_peak <= workers_peak <= counted["cap"], (labels, counted)
                 # A worker the kernel handed no request of a kind ran none of its tasks.
                 assert 0 <= counted["peak_running"] <= counted["cap"]
         for pool in MEASURED:

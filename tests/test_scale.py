@@ -3,13 +3,12 @@ monkey-patching through a pool of cap 200."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import gevent
 
 import ggopool
+from tests.subprocess_helpers import run_python
 
 
 def test_100k_short_tasks_each_run_exactly_once() -> None:
@@ -86,10 +85,7 @@ TCP_SCRIPT = textwrap.dedent(
 
 
 def test_2000_tcp_round_trips_under_monkey_patching_through_cap_200() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", TCP_SCRIPT], capture_output=True, text=True, timeout=150
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_python(TCP_SCRIPT, timeout=55)  # under the conftest's 60 s
     words = out.stdout.split()
     assert words[:2] == ["completed", "2000"]
     peak = int(words[3])

@@ -8,8 +8,6 @@ import logging
 import math
 import os
 import re
-import subprocess
-import sys
 import threading
 import types
 from collections.abc import Callable
@@ -22,6 +20,7 @@ from gevent.event import Event
 import ggopool
 from ggopool import Config, _shutdown
 from tests.conftest import HubErrors
+from tests.subprocess_helpers import run_python
 
 REPORT = "ggopool: pool {!r}: {} tasks unfinished ({} queued, {} running) "
 
@@ -418,16 +417,6 @@ def test_the_exit_drain_reports_a_spawn_later_task_it_cannot_wait_for(
         "due after the 5.0 s deadline"
     ]
     assert late.cancel()
-
-
-def run_python(source: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``source`` in a fresh interpreter (its exit is what these tests watch) and
-    check that it exited cleanly; what it printed is the caller's to check."""
-    out = subprocess.run(
-        [sys.executable, "-c", source, *args], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    return out
 
 
 SPAWN_LATER_AT_EXIT = """

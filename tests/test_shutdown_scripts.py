@@ -86,10 +86,14 @@ def test_the_exit_drain_turned_off_neither_waits_nor_reports(tmp_path: Path) -> 
 
 
 SCRIPT_CTRL_C = """
-    import os, sys
+    import os, signal, sys
     import gevent
     import ggopool
 
+    # Ctrl-C raises KeyboardInterrupt here even if this process was started with SIGINT
+    # ignored (as a background job of a non-interactive shell starts the suite, and so
+    # this script), where Python would leave it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ggopool.set_exit_drain(60)
     fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
@@ -115,15 +119,16 @@ def test_ctrl_c_in_with_pool_does_not_wait_and_a_second_one_ends_the_exit_drain(
         first = time.monotonic()
         os.kill(proc.pid, signal.SIGINT)
         # The queue holds 10 s of work; `with` lets the KeyboardInterrupt through at once,
-        # then the exit drain says what it waits for (after 1 s).
+        # then the exit drain says what it waits for (after 1 s). The bounds are well under
+        # those 10 s, and wide for a machine whose cores are busy.
         proc.wait_for(r"^KeyboardInterrupt", timeout=15)
-        assert time.monotonic() - first < 3.0, proc.output
+        assert time.monotonic() - first < 5.0, proc.output
         [note] = proc.wait_for(r"ggopool: draining: waiting up to [\d.]+ s more", timeout=15)
         assert "; Ctrl-C to abandon them" in note.string
         second = time.monotonic()
         os.kill(proc.pid, signal.SIGINT)
         code = proc.wait(15)
-        assert time.monotonic() - second < 3.0, proc.output
+        assert time.monotonic() - second < 5.0, proc.output
     finally:
         proc.stop()
     assert code != 0  # ended by KeyboardInterrupt

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import subprocess
 import sys
 import textwrap
 import threading
@@ -16,6 +15,7 @@ from gevent.monkey import get_original
 import ggopool
 from ggopool._entry import SLOTS
 from tests.deploy_helpers import answer_from_each_worker, gunicorn_booted, running, subprocess_env
+from tests.subprocess_helpers import run_python
 
 real_get_ident = get_original("_thread", "get_ident")
 
@@ -148,13 +148,7 @@ FORK_SCRIPT = textwrap.dedent(
 
 def test_fork_child_starts_empty_and_runs_only_its_own_tasks(tmp_path: object) -> None:
     log = f"{tmp_path}/runs.log"
-    out = subprocess.run(
-        [sys.executable, "-c", FORK_SCRIPT, log],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_python(FORK_SCRIPT, log)
     child_pid = int(out.stdout.split()[1])
     assert out.stdout.split()[3] == "0", out.stdout
     with open(log) as f:
@@ -252,10 +246,7 @@ FORK_PENDING_SCRIPT = textwrap.dedent(
 
 
 def test_workers_whose_start_or_wake_up_was_pending_at_the_fork_stay_out_of_the_child() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", FORK_PENDING_SCRIPT], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_python(FORK_PENDING_SCRIPT)
     assert out.stdout.split() == ["status", "0", "[0,", "1,", "2]"], out.stdout
 
 
@@ -349,10 +340,7 @@ FORK_LATER_SCRIPT = textwrap.dedent(
 
 def test_a_spawn_later_task_waiting_at_a_fork_runs_in_the_parent_only(tmp_path: object) -> None:
     log = f"{tmp_path}/runs.log"
-    out = subprocess.run(
-        [sys.executable, "-c", FORK_LATER_SCRIPT, log], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_python(FORK_LATER_SCRIPT, log)
     assert out.stdout.split() == ["status", "0", "True"], out.stdout
     with open(log) as f:
         lines = [line.split() for line in f]
@@ -514,11 +502,5 @@ FORK_WITH_A_DESTROYED_HUB_SCRIPT = textwrap.dedent(
 
 
 def test_a_pool_whose_hub_was_destroyed_does_not_stop_the_fork_reset_of_the_others() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", FORK_WITH_A_DESTROYED_HUB_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_python(FORK_WITH_A_DESTROYED_HUB_SCRIPT)
     assert out.stdout.split() == ["parent", "ran", "True", "status", "0"], out.stdout + out.stderr
