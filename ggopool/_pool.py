@@ -993,12 +993,17 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
                 self._starter_scheduled = True
                 self._start_workers(generation)
             return
-        if not self._to_start:
-            return
-        if not self._tasks:
+        if self._to_start and self._tasks:
+            self._make_worker(generation)
+            if generation != self._generation:
+                return  # forked, or the hub destroyed: not ours any more
+            if self._to_start and self._tasks and self._one_start_each:
+                # Counted starts need not each have a callback (a task taken by a parked
+                # worker frees a start's): one more, behind the callbacks queued meanwhile.
+                self._hub.loop.run_callback(self._start_one, generation)
+                return
+        if self._to_start and not self._tasks:
             self._uncount_starts()
-            return
-        self._make_worker(generation)
 
     def _make_worker(self, generation: int) -> None:
         """Make one of the counted starts a worker greenlet and run it until it yields."""
