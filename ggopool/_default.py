@@ -153,7 +153,8 @@ def go(fn: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs) -> None:
     only the thread that imported ggopool. If the thread ends first, what its pool still
     holds never runs, and one line on the ``ggopool`` logger at WARNING says how many
     tasks it abandoned. If the thread's hub is destroyed (``hub.destroy()``), what its
-    pool had queued stays queued and runs on the thread's next hub.
+    pool had queued stays queued and runs on the thread's next hub, from the pool's next
+    ``go``, ``join`` or ``ggopool.drain()`` there.
     """
     # Another thread's way (_DefaultPool._queue) is taken in the pool's general way in, so
     # that a call from this thread costs no more than Pool.go.

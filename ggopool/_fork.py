@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 import os
 
+from ggopool._instrument import forget_held_notifications
 from ggopool._pool import _new_hand_over_lock, all_pools
 
 
 def _after_fork_in_child() -> None:
     _new_hand_over_lock()
+    # A fork from another thread may land while a pool holds its instruments' calls: the
+    # child's pool would hold them for ever.
+    forget_held_notifications()
     for pool in list(all_pools):
         # Each on its own: one that fails must not leave the others holding the parent's
         # tasks, which would then run twice.

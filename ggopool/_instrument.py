@@ -347,6 +347,11 @@ def _outcome_of(task: Task[Any]) -> tuple[str, BaseException | None]:
 _held: dict[Pool, list[tuple[TaskInfo, str, BaseException | None]]] = {}
 
 
+def forget_held_notifications() -> None:
+    """In a forked child: no pool holds its instruments' calls (see `notifications_held`)."""
+    _held.clear()
+
+
 @contextlib.contextmanager
 def notifications_held(pool: Pool) -> Iterator[None]:
     """Hold the ``task_finished`` calls ``pool``'s tasks would make in the block, and make them

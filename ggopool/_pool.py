@@ -210,6 +210,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         "_parked",
         "_quiet",
         "_slots",
+        "_start_ones",
         "_starter_scheduled",
         "_starting",
         "_submitted",
@@ -280,6 +281,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         # While the starts of a run have taken the switch interval and the loop has not
         # polled since: each start counted is a loop callback of its own (_start_one).
         self._one_start_each = False
+        self._start_ones = 0  # _start_one callbacks pending
         self._greenlets: set[Worker] = set()
         # The gevent Semaphore that guards a bounded task list: its counter is the number
         # of free slots under max_pending. go() takes one (waiting cooperatively when
@@ -634,6 +636,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         timeout = check_timeout(timeout)
         members = list(self._members) if raise_error else []
         started = time.monotonic()
+        self._moved_from_a_destroyed_hub()
         if self._is_quiet():
             quiet = True
         elif timeout is None and getcurrent() in self._greenlets:
@@ -902,6 +905,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
             self._to_start += 1
             if not self._starter_scheduled:
                 if self._one_start_each:
+                    self._start_ones += 1
                     loop.run_callback(self._start_one, self._generation)  # one per start
                 else:
                     self._starter_scheduled = True
@@ -934,6 +938,8 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         """
         if generation != self._generation:
             return  # scheduled before a fork; the child's pool starts its own
+        if self._moved_from_a_destroyed_hub():
+            return
         hub = self._hub
         loop = hub.loop
         watch = self._loop_watch
@@ -960,7 +966,11 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
                     return
                 if not self._to_start or not self._tasks:
                     continue  # uncounts what is left, or returns
-                if not 0 <= queued_before <= LONG_QUEUE or callbacks_queued(loop) != queued_before:
+                # Past LONG_QUEUE queued callbacks they are not counted again, and the next
+                # start does not wait behind them (a busy loop's callbacks are not this task's).
+                if queued_before < 0 or (
+                    queued_before <= LONG_QUEUE and callbacks_queued(loop) != queued_before
+                ):
                     handed_over = True
                     loop.run_callback(self._start_workers, generation)
                     return
@@ -969,7 +979,9 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
                     self._one_start_each = True
                     self._starter_scheduled = False  # each start counted now is scheduled
                     start_one = self._start_one
-                    for _ in range(min(self._to_start, len(self._tasks) // SLOTS)):
+                    wanted = min(self._to_start, len(self._tasks) // SLOTS) - self._start_ones
+                    for _ in range(wanted):
+                        self._start_ones += 1
                         loop.run_callback(start_one, generation)
                     return
         finally:
@@ -985,24 +997,35 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         taken the switch interval and the loop has not polled since (see `_start_workers`):
         one loop callback per start, as ``gevent.spawn`` makes. Once the loop has polled,
         the first of these callbacks to run starts the rest in a run again."""
-        if generation != self._generation or not self._one_start_each:
+        if generation != self._generation:
+            return
+        self._start_ones -= 1
+        if self._moved_from_a_destroyed_hub():
+            return
+        if not self._one_start_each:
             return  # the rest are started in a run again, or a fork came between
-        if self._hub.loop.iteration != self._loop_watch.starts_seen:
+        if self._hub.loop.iteration != self._loop_watch.starts_seen and not self._start_ones:
             self._one_start_each = False
             if not self._starter_scheduled:
                 self._starter_scheduled = True
                 self._start_workers(generation)
             return
         if self._to_start and self._tasks:
-            self._make_worker(generation)
-            if generation != self._generation:
-                return  # forked, or the hub destroyed: not ours any more
-            if self._to_start and self._tasks and self._one_start_each:
+            try:
+                self._make_worker(generation)
+            finally:
                 # Counted starts need not each have a callback (a task taken by a parked
-                # worker frees a start's): one more, behind the callbacks queued meanwhile.
-                self._hub.loop.run_callback(self._start_one, generation)
-                return
-        if self._to_start and not self._tasks:
+                # worker frees a start's), and a worker's switch may raise: while starts
+                # and tasks are left, one more, behind the callbacks queued meanwhile.
+                if (
+                    generation == self._generation
+                    and self._to_start
+                    and self._tasks
+                    and self._one_start_each
+                ):
+                    self._start_ones += 1
+                    self._hub.loop.run_callback(self._start_one, generation)
+        if generation == self._generation and self._to_start and not self._tasks:
             self._uncount_starts()
 
     def _make_worker(self, generation: int) -> None:
@@ -1021,6 +1044,19 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         self._workers -= n
         self._starting -= n
 
+    def _moved_from_a_destroyed_hub(self) -> bool:
+        """Whether this pool's hub was destroyed (``hub.destroy()``) since its last
+        ``go()``; if so, move to the thread's hub now, with starts counted for what is
+        queued (called where no ``go()`` may come: `join`, and the starts' callbacks)."""
+        if self._hub.loop is not None:
+            return False
+        self._hub_was_destroyed()
+        for _ in range(len(self._tasks) // SLOTS):
+            if not self._should_add_worker():
+                break
+            self._add_worker()
+        return True
+
     def _hub_was_destroyed(self) -> Any:
         """The pool's hub was destroyed (``hub.destroy()``): move to the thread's new hub.
 
@@ -1035,6 +1071,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         self._idle_timer = None  # it went with the old loop
         self._greenlets = set()
         self._starter_scheduled = self._one_start_each = False
+        self._start_ones = 0
         return self._hub.loop
 
     def _retire_idle(self, n: int) -> None:

@@ -156,7 +156,9 @@ def drain(timeout: float | None = None) -> bool:
             raise RuntimeError(
                 f"cannot drain from a task of pool {pool.name!r}: it would wait for itself"
             )
-    return _drain(timeout, "unfinished", "", skip)
+    # Only a drain in the main greenlet (a process's own stop) is one a second stop signal
+    # ends (interrupt_drain): a request's, or a greenlet's it spawned, is its own business.
+    return _drain(timeout, "unfinished", "", skip, stoppable=current.parent is None)
 
 
 def _pools_of_this_thread(skip: Collection[Pool] = ()) -> list[Pool]:
@@ -184,14 +186,23 @@ def _first(pair: tuple[float, object]) -> float:
     return pair[0]
 
 
-def _drain(timeout: float | None, left: str, hint: str, skip: Collection[Pool] = ()) -> bool:
+def _drain(
+    timeout: float | None,
+    left: str,
+    hint: str,
+    skip: Collection[Pool] = (),
+    stoppable: bool = True,
+) -> bool:
     """Wait until every pool of this thread (but those in ``skip``) is quiet at once, or ``timeout``
-    passed; ``left`` says what unfinished tasks are in the report, ``hint`` ends the note."""
+    passed; ``left`` says what unfinished tasks are in the report, ``hint`` ends the note.
+    ``stoppable``: the drain `interrupt_drain` ends."""
     global _drainer
     started = time.monotonic()
     deadline = math.inf if timeout is None else started + timeout
     noted = False
-    previous, _drainer = _drainer, getcurrent()
+    previous = _drainer
+    if stoppable:
+        _drainer = getcurrent()
     try:
         while True:
             # Nothing yields between the pools' checks: they are quiet at the same moment.
@@ -230,7 +241,8 @@ def _drain(timeout: float | None, left: str, hint: str, skip: Collection[Pool] =
         _report_later(_waiting_later(_pools_of_this_thread(skip), math.inf), left, why)
         raise
     finally:
-        _drainer = previous
+        if stoppable:
+            _drainer = previous
 
 
 def _note(busy: list[Pool], remaining: float, hint: str, due: list[Task[Any]]) -> None:

@@ -289,7 +289,9 @@ def worker_int(worker: Any) -> None:
     clock = _worker_clock()
     if clock is not None and not clock.signalled:
         clock.stopping()  # post_worker_init's handlers did not see the signal
-    interrupted = _shutdown.interrupt_drain()
+    # The master's echo of a Ctrl-C (its SIGQUIT after the terminal's SIGINT) is the same
+    # stop, not a second one: only a second stop ends a drain that is running.
+    interrupted = (clock is None or clock.abandon) and _shutdown.interrupt_drain()
     if getcurrent().parent is None:
         return  # the main greenlet: not gunicorn's gevent worker, nothing to hold
     if interrupted:
