@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+from tests.subprocess_helpers import printed_lines
+
 FORK_RUNNING_TASKS_FAIL = """
     from gevent import monkey
     monkey.patch_all()
@@ -86,3 +88,40 @@ def test_tasks_running_at_fork_that_fail_in_the_child_are_not_counted_there() ->
         f"parent {(3, 0, 3, 0, 0, 0)} {[(3, 0, 3, 0, 0, 0)] * 2}",
         "status 0",
     ]
+
+
+FORK_WHILE_NOTIFICATIONS_HELD = """
+    import os
+    import gevent
+    import ggopool
+    from ggopool._instrument import notifications_held
+
+
+    class Finished(ggopool.Instrument):
+        def __init__(self):
+            self.finished = 0
+
+        def task_finished(self, task, outcome, exc):
+            self.finished += 1
+
+
+    pool = ggopool.new_pool("held", 2)
+    seen = Finished()
+    pool.add_instrument(seen)
+    # As if another thread forked while this pool's kill held its instruments' calls.
+    held = notifications_held(pool)
+    held.__enter__()
+    pid = os.fork()
+    if pid == 0:
+        for _ in range(3):
+            pool.go(lambda: None)
+        pool.join(10)
+        os.write(1, f"child finished {seen.finished}\\n".encode())
+        os._exit(0)
+    held.__exit__(None, None, None)
+    os.waitpid(pid, 0)
+"""
+
+
+def test_a_child_forked_while_a_pool_held_its_instruments_calls_makes_them() -> None:
+    assert printed_lines(FORK_WHILE_NOTIFICATIONS_HELD) == ["child finished 3"]

@@ -610,3 +610,31 @@ def test_a_task_queued_by_an_atexit_callback_runs_or_is_logged() -> None:
         r"after the 0\.[0-5] s deadline\n",
         out.stderr,
     ), out.stderr
+
+
+def test_a_second_stop_signal_does_not_interrupt_a_requests_own_drain(
+    hub_errors: HubErrors,
+) -> None:
+    # A request (a task of a server's connection pool) may drain the background pools; a
+    # second stop signal ends the process's own drain, never a request's, whose
+    # KeyboardInterrupt would reach the main greenlet through the hub.
+    connections = ggopool.new_pool("connections", 10)
+    _shutdown.serves_connections(connections)
+    release = Event()
+    drained: list[bool] = []
+    try:
+        ggopool.go(release.wait)
+
+        def request() -> None:
+            drained.append(ggopool.drain(10))
+
+        connections.go(request)
+        gevent.idle()
+        assert _shutdown.interrupt_drain() is False
+        release.set()
+        assert connections.join(10)
+        assert drained == [True]
+    finally:
+        release.set()
+        _shutdown._connection_pools.discard(connections)
+    assert hub_errors.take() == []

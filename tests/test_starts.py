@@ -198,3 +198,36 @@ def test_at_a_stop_no_task_is_left_queued_while_its_pool_had_room_to_start_it(wh
         release.set()
         pool.join()
         gevent.joinall(others)
+
+
+def test_starts_made_a_callback_each_take_one_callback_per_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Past the switch interval each start is a loop callback of its own until the loop
+    # polls; over and over on a loop this short of time, and still one per start, as
+    # gevent.spawn's, not a new callback for every start left each time.
+    calls = [0]
+    start_one = Pool._start_one
+
+    def counted(pool: Pool, generation: int) -> None:
+        calls[0] += 1
+        start_one(pool, generation)
+
+    monkeypatch.setattr(Pool, "_start_one", counted)
+    before = gevent.getswitchinterval()
+    gevent.setswitchinterval(0.00001)
+    gevent.sleep(0.001)  # the interval is in force from the next run of callbacks
+    pool = ggopool.new_pool("short of time", 10_000)
+    release = Event()
+    try:
+        for _ in range(4_000):
+            pool.go(release.wait)
+        with gevent.Timeout(30):
+            while pool.stats().pending:
+                gevent.sleep(0.001)
+        assert pool.stats().running == 4_000
+        assert 0 < calls[0] <= 2 * 4_000, calls
+    finally:
+        gevent.setswitchinterval(before)
+        release.set()
+        pool.join()

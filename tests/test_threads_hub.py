@@ -267,3 +267,18 @@ def test_go_from_a_function_in_gevents_threadpool_hands_over() -> None:
     assert worker_ident != real_get_ident()
     assert done.wait(10)
     assert ran == [("go", real_get_ident())]
+
+
+def test_tasks_queued_before_a_threads_hub_is_destroyed_run_on_its_next_hub_at_its_drain() -> None:
+    def body() -> list[str]:
+        out: list[str] = []
+        gevent.get_hub()  # the thread has a hub of its own
+        ggopool.go(out.append, "queued before the destroy")
+        hub = get_hub_if_exists()
+        assert hub is not None
+        hub.destroy()  # before the hub ever ran the task
+        gevent.get_hub()  # the thread's next hub
+        assert ggopool.drain(10) is True
+        return out
+
+    assert in_thread(body) == ["queued before the destroy"]
