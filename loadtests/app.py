@@ -10,7 +10,8 @@ Routes:
 * ``GET /`` an HTML page linking to ``/assets/<i>`` (a browser, or Locust's Browser user,
   loads them at once); ``GET /assets/<i>``, ``GET /widgets/<i>``: slow-ish leaves.
 * ``POST /events``: answers 202 at once; an audit write and a webhook call (a
-  ``gevent.sleep`` of `EVENT_WEBHOOK_DELAY`, standing for the network) run afterwards, each
+  ``gevent.sleep`` of ``webhook_delay`` seconds, 0.5 by default, standing for the network)
+  run afterwards, each
   a blocking background task started with ``ggopool.go`` or ``gevent.spawn``
   (``LOADTESTS_SPAWN``). Each task's start delay (from the call to its first line) is kept
   and, with ``LOADTESTS_DELAYS_DIR`` set, written there when the process stops
@@ -78,8 +79,6 @@ GATHER_TIMEOUT = 10.0
 #: Seconds the pools get, once the server stopped, to finish their tasks (ggopool's exit
 #: drain); half of Docker's 10 s between SIGTERM and SIGKILL.
 DRAIN_TIMEOUT = 5.0
-#: Seconds the webhook call of ``POST /events`` takes (a ``gevent.sleep``).
-EVENT_WEBHOOK_DELAY = 0.5
 #: What starts the background tasks of ``POST /events``, by ``LOADTESTS_SPAWN``.
 SPAWNS: dict[str, Callable[..., object]] = {"ggopool.go": ggopool.go, "gevent.spawn": gevent.spawn}
 #: The most start delays a process keeps (8 bytes each); later ones are only counted.
@@ -98,6 +97,8 @@ class Settings:
     audit_file: str | None = None
     #: Where order notifications are POSTed; None: this app's own ``/webhooks``.
     webhook_url: str | None = None
+    #: Seconds the webhook call of ``POST /events`` takes (a ``gevent.sleep``).
+    webhook_delay: float = 0.5
     #: What starts the background tasks of ``POST /events``: a key of `SPAWNS`.
     spawn: str = "ggopool.go"
     #: Where each process writes its start delays when it stops (`dump_start_delays`).
@@ -106,7 +107,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         """Read ``LOADTESTS_BACKGROUND_CAP``, ``_FANOUT_CAP``, ``_WORK_DELAY``, ``_AUDIT_FILE``,
-        ``_WEBHOOK_URL``, ``_SPAWN``, ``_DELAYS_DIR``; unset ones keep their defaults."""
+        ``_WEBHOOK_URL``, ``_WEBHOOK_DELAY``, ``_SPAWN``, ``_DELAYS_DIR``; unset ones keep
+        their defaults."""
         env = dict(os.environ) if env is None else env
         settings = cls()
         if "LOADTESTS_BACKGROUND_CAP" in env:
@@ -119,6 +121,8 @@ class Settings:
             settings = replace(settings, audit_file=env["LOADTESTS_AUDIT_FILE"])
         if env.get("LOADTESTS_WEBHOOK_URL"):
             settings = replace(settings, webhook_url=env["LOADTESTS_WEBHOOK_URL"])
+        if env.get("LOADTESTS_WEBHOOK_DELAY"):
+            settings = replace(settings, webhook_delay=float(env["LOADTESTS_WEBHOOK_DELAY"]))
         if env.get("LOADTESTS_SPAWN"):
             settings = replace(settings, spawn=env["LOADTESTS_SPAWN"])
         if env.get("LOADTESTS_DELAYS_DIR"):
@@ -377,7 +381,7 @@ def audit_event(proc: Process, submitted: float, event: dict[str, object]) -> No
 
 def call_webhook(proc: Process, submitted: float) -> None:
     proc.record_start(submitted)
-    gevent.sleep(EVENT_WEBHOOK_DELAY)  # the webhook's round trip
+    gevent.sleep(proc.settings.webhook_delay)  # the webhook's round trip
 
 
 # -- background work of an order ----------------------------------------------------------
@@ -599,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-delay", type=float, default=defaults.work_delay)
     parser.add_argument("--audit-file", default=defaults.audit_file)
     parser.add_argument("--webhook-url", default=defaults.webhook_url)
+    parser.add_argument("--webhook-delay", type=float, default=defaults.webhook_delay)
     parser.add_argument("--spawn", choices=sorted(SPAWNS), default=defaults.spawn)
     parser.add_argument(
         "--drain-timeout",
@@ -623,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
             work_delay=args.work_delay,
             audit_file=args.audit_file,
             webhook_url=args.webhook_url,
+            webhook_delay=args.webhook_delay,
             spawn=args.spawn,
         )
     )

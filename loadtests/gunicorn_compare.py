@@ -15,12 +15,12 @@ requests/s, 95th percentile latency and failure count, and each worker's peak RS
 With ``--background-tasks`` the load is ``loadtests/locustfile_events.py`` instead: closed-loop
 users that each send their next ``POST /events`` as soon as the last one answered, so enough
 of them saturate the two workers; each request queues two blocking background tasks (an
-audit write and a 0.5 s webhook call), with ``ggopool.go`` under the worker class and with
-``gevent.spawn`` under ``-k gevent`` (``LOADTESTS_SPAWN``). The table then gives requests/s,
-99th percentile latency, failures, the workers' CPU time per request (over the load), each
-worker's peak RSS, and the background tasks' start delay (from the call to the task's first
-line; the app keeps them and each worker writes its own when it stops), p50 and p99 over
-both workers.
+audit write and a webhook call, a sleep of ``--webhook-delay`` seconds, 0.5 by default), with
+``ggopool.go`` under the worker class and with ``gevent.spawn`` under ``-k gevent``
+(``LOADTESTS_SPAWN``). The table then gives requests/s, 99th percentile latency, failures,
+the workers' CPU time per request (over the load), each worker's peak RSS, and the background
+tasks' start delay (from the call to the task's first line; the app keeps them and each
+worker writes its own when it stops), p50 and p99 over both workers.
 
 Why this way: the worker class runs every connection on a ggopool pool and starts every
 request in a fresh context, which costs something per request; this says how much, next
@@ -215,7 +215,12 @@ def read_start_delays(directory: Path, pids: Sequence[int]) -> list[float]:
 
 
 def run_once(
-    worker_class: str, users: int, run_time: int, tmp: Path, background: bool = False
+    worker_class: str,
+    users: int,
+    run_time: int,
+    tmp: Path,
+    background: bool = False,
+    webhook_delay: float = 0.5,
 ) -> Run:
     """Start gunicorn with ``worker_class``, load it with Locust, read the figures, stop it."""
     env = _env()
@@ -229,6 +234,7 @@ def run_once(
     if background:
         delays_dir.mkdir()
         env.update(LOADTESTS_SPAWN=SPAWN[worker_class], LOADTESTS_DELAYS_DIR=str(delays_dir))
+        env["LOADTESTS_WEBHOOK_DELAY"] = repr(webhook_delay)
     locustfile = EVENTS_LOCUSTFILE if background else LOCUSTFILE
     gunicorn = [sys.executable, "-m", "gunicorn", "-k", worker_class, "-w", str(WORKERS)]
     gunicorn += ["-b", f"127.0.0.1:{port}", "-c", "python:loadtests.gunicorn_conf"]
@@ -377,8 +383,9 @@ def describe(args: argparse.Namespace, load: tuple[float, float, float]) -> list
         return [
             f"machine: {os.cpu_count()} cpus; {platform.python_implementation()} "
             f"{platform.python_version()}, {versions}; load average at the start {load[0]:.2f}",
-            f"LOADTESTS_SPAWN=<{spawn}> gunicorn -k <class> -w {WORKERS} "
-            "-b 127.0.0.1:<free port> -c python:loadtests.gunicorn_conf loadtests.app:app",
+            f"LOADTESTS_SPAWN=<{spawn}> LOADTESTS_WEBHOOK_DELAY={args.webhook_delay:g} "
+            f"gunicorn -k <class> -w {WORKERS} -b 127.0.0.1:<free port> "
+            "-c python:loadtests.gunicorn_conf loadtests.app:app",
             f"locust -f loadtests/locustfile_events.py --headless -u {args.users} "
             f"-r {args.users} -t {args.run_time}s   # closed loop: POST /events, no wait",
             f"rounds: {args.rounds}, the two classes in alternating order; figures are medians "
@@ -415,7 +422,15 @@ def main(argv: list[str] | None = None) -> int:
         help="saturate with closed-loop POST /events, each queuing blocking background "
         "tasks with ggopool.go (the worker class) or gevent.spawn (-k gevent)",
     )
+    parser.add_argument(
+        "--webhook-delay",
+        type=float,
+        default=0.5,
+        help="seconds the background webhook call sleeps, with --background-tasks (0.5)",
+    )
     args = parser.parse_args(argv)
+    if not args.webhook_delay >= 0:
+        parser.error(f"--webhook-delay must be seconds >= 0, got {args.webhook_delay}")
     if args.rounds < 1 or args.users < 1 or args.run_time < 1:
         parser.error(
             "--rounds, --users and --run-time must be >= 1, "
@@ -434,7 +449,12 @@ def main(argv: list[str] | None = None) -> int:
             for worker_class in order:
                 try:
                     run = run_once(
-                        worker_class, args.users, args.run_time, Path(tmp), args.background_tasks
+                        worker_class,
+                        args.users,
+                        args.run_time,
+                        Path(tmp),
+                        args.background_tasks,
+                        args.webhook_delay,
                     )
                 except RunError as exc:
                     problems.append(f"round {number}, -k {worker_class}: {exc}")

@@ -58,7 +58,6 @@ def _configure(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Process:
     # monkeypatch puts back the module's settings and process at the end of the test.
     monkeypatch.setattr(loadtests.app, "_settings", None)
     monkeypatch.setattr(loadtests.app, "_process", None)
-    monkeypatch.setattr(loadtests.app, "EVENT_WEBHOOK_DELAY", 0.0)  # the tasks end at once
     loadtests.app.configure(settings)
     return loadtests.app.process()
 
@@ -66,7 +65,9 @@ def _configure(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Process:
 def test_post_event_queues_two_tasks_with_ggopool_go_and_writes_their_start_delays(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    proc = _configure(monkeypatch, Settings(work_delay=0.0, delays_dir=str(tmp_path)))
+    proc = _configure(
+        monkeypatch, Settings(work_delay=0.0, webhook_delay=0.0, delays_dir=str(tmp_path))
+    )
     default = ggopool.default_pool()
     submitted = default.stats().submitted
     assert _post_event() == "202 Accepted"
@@ -83,7 +84,9 @@ def test_post_event_queues_two_tasks_with_ggopool_go_and_writes_their_start_dela
 def test_post_event_queues_two_tasks_with_gevent_spawn_when_asked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    proc = _configure(monkeypatch, Settings(work_delay=0.0, spawn="gevent.spawn"))
+    proc = _configure(
+        monkeypatch, Settings(work_delay=0.0, webhook_delay=0.0, spawn="gevent.spawn")
+    )
     assert proc.spawn is gevent.spawn
     spawned: list[gevent.Greenlet[Any, Any]] = []
     monkeypatch.setattr(proc, "spawn", lambda fn, *args: spawned.append(gevent.spawn(fn, *args)))
