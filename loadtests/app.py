@@ -99,6 +99,9 @@ class Settings:
     webhook_url: str | None = None
     #: Seconds the webhook call of ``POST /events`` takes (a ``gevent.sleep``).
     webhook_delay: float = 0.5
+    #: CPU seconds each ``POST /events`` spends before it answers, as a framework's routing,
+    #: validation and serialisation would (a busy loop on this thread's CPU clock).
+    event_cpu: float = 0.0
     #: What starts the background tasks of ``POST /events``: a key of `SPAWNS`.
     spawn: str = "ggopool.go"
     #: Where each process writes its start delays when it stops (`dump_start_delays`).
@@ -107,8 +110,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         """Read ``LOADTESTS_BACKGROUND_CAP``, ``_FANOUT_CAP``, ``_WORK_DELAY``, ``_AUDIT_FILE``,
-        ``_WEBHOOK_URL``, ``_WEBHOOK_DELAY``, ``_SPAWN``, ``_DELAYS_DIR``; unset ones keep
-        their defaults."""
+        ``_WEBHOOK_URL``, ``_WEBHOOK_DELAY``, ``_EVENT_CPU``, ``_SPAWN``, ``_DELAYS_DIR``; unset
+        ones keep their defaults."""
         env = dict(os.environ) if env is None else env
         settings = cls()
         if "LOADTESTS_BACKGROUND_CAP" in env:
@@ -123,6 +126,8 @@ class Settings:
             settings = replace(settings, webhook_url=env["LOADTESTS_WEBHOOK_URL"])
         if env.get("LOADTESTS_WEBHOOK_DELAY"):
             settings = replace(settings, webhook_delay=float(env["LOADTESTS_WEBHOOK_DELAY"]))
+        if env.get("LOADTESTS_EVENT_CPU"):
+            settings = replace(settings, event_cpu=float(env["LOADTESTS_EVENT_CPU"]))
         if env.get("LOADTESTS_SPAWN"):
             settings = replace(settings, spawn=env["LOADTESTS_SPAWN"])
         if env.get("LOADTESTS_DELAYS_DIR"):
@@ -464,6 +469,9 @@ def post_event(proc: Process, environ: WSGIEnvironment) -> Response:
     body = _read_json(environ)
     if not isinstance(body, dict):
         raise HTTPError("400 Bad Request", f"body must be a JSON object, got {body!r}")
+    busy_until = time.thread_time() + proc.settings.event_cpu
+    while time.thread_time() < busy_until:
+        pass
     proc.events += 1
     event: dict[str, object] = {"pid": proc.pid, "number": proc.events, **body}
     submitted = time.perf_counter()
@@ -604,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audit-file", default=defaults.audit_file)
     parser.add_argument("--webhook-url", default=defaults.webhook_url)
     parser.add_argument("--webhook-delay", type=float, default=defaults.webhook_delay)
+    parser.add_argument("--event-cpu", type=float, default=defaults.event_cpu)
     parser.add_argument("--spawn", choices=sorted(SPAWNS), default=defaults.spawn)
     parser.add_argument(
         "--drain-timeout",
@@ -629,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
             audit_file=args.audit_file,
             webhook_url=args.webhook_url,
             webhook_delay=args.webhook_delay,
+            event_cpu=args.event_cpu,
             spawn=args.spawn,
         )
     )

@@ -15,8 +15,9 @@ requests/s, 95th percentile latency and failure count, and each worker's peak RS
 With ``--background-tasks`` the load is ``loadtests/locustfile_events.py`` instead: closed-loop
 users that each send their next ``POST /events`` as soon as the last one answered, so enough
 of them saturate the two workers; each request queues two blocking background tasks (an
-audit write and a webhook call, a sleep of ``--webhook-delay`` seconds, 0.5 by default), with
-``ggopool.go`` under the worker class and with ``gevent.spawn`` under ``-k gevent``
+audit write and a webhook call, a sleep of ``--webhook-delay`` seconds, 0.5 by default) after
+``--request-cpu`` ms of CPU work in the request (0 by default), with ``ggopool.go`` under the
+worker class and with ``gevent.spawn`` under ``-k gevent``
 (``LOADTESTS_SPAWN``). The table then gives requests/s, 99th percentile latency, failures,
 the workers' CPU time per request (over the load), each worker's peak RSS, and the background
 tasks' start delay (from the call to the task's first line; the app keeps them and each
@@ -221,6 +222,7 @@ def run_once(
     tmp: Path,
     background: bool = False,
     webhook_delay: float = 0.5,
+    request_cpu: float = 0.0,
 ) -> Run:
     """Start gunicorn with ``worker_class``, load it with Locust, read the figures, stop it."""
     env = _env()
@@ -235,6 +237,7 @@ def run_once(
         delays_dir.mkdir()
         env.update(LOADTESTS_SPAWN=SPAWN[worker_class], LOADTESTS_DELAYS_DIR=str(delays_dir))
         env["LOADTESTS_WEBHOOK_DELAY"] = repr(webhook_delay)
+        env["LOADTESTS_EVENT_CPU"] = repr(request_cpu)
     locustfile = EVENTS_LOCUSTFILE if background else LOCUSTFILE
     gunicorn = [sys.executable, "-m", "gunicorn", "-k", worker_class, "-w", str(WORKERS)]
     gunicorn += ["-b", f"127.0.0.1:{port}", "-c", "python:loadtests.gunicorn_conf"]
@@ -384,6 +387,7 @@ def describe(args: argparse.Namespace, load: tuple[float, float, float]) -> list
             f"machine: {os.cpu_count()} cpus; {platform.python_implementation()} "
             f"{platform.python_version()}, {versions}; load average at the start {load[0]:.2f}",
             f"LOADTESTS_SPAWN=<{spawn}> LOADTESTS_WEBHOOK_DELAY={args.webhook_delay:g} "
+            f"LOADTESTS_EVENT_CPU={args.request_cpu / 1e3:g} "
             f"gunicorn -k <class> -w {WORKERS} -b 127.0.0.1:<free port> "
             "-c python:loadtests.gunicorn_conf loadtests.app:app",
             f"locust -f loadtests/locustfile_events.py --headless -u {args.users} "
@@ -428,9 +432,18 @@ def main(argv: list[str] | None = None) -> int:
         default=0.5,
         help="seconds the background webhook call sleeps, with --background-tasks (0.5)",
     )
+    parser.add_argument(
+        "--request-cpu",
+        type=float,
+        default=0.0,
+        help="ms of CPU each request spends, with --background-tasks (0)",
+    )
     args = parser.parse_args(argv)
-    if not args.webhook_delay >= 0:
-        parser.error(f"--webhook-delay must be seconds >= 0, got {args.webhook_delay}")
+    if not args.webhook_delay >= 0 or not args.request_cpu >= 0:
+        parser.error(
+            "--webhook-delay and --request-cpu must be >= 0, "
+            f"got {args.webhook_delay} and {args.request_cpu}"
+        )
     if args.rounds < 1 or args.users < 1 or args.run_time < 1:
         parser.error(
             "--rounds, --users and --run-time must be >= 1, "
@@ -455,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
                         Path(tmp),
                         args.background_tasks,
                         args.webhook_delay,
+                        args.request_cpu / 1e3,
                     )
                 except RunError as exc:
                     problems.append(f"round {number}, -k {worker_class}: {exc}")
