@@ -14,14 +14,15 @@ requests/s, 95th percentile latency and failure count, and each worker's peak RS
 
 With ``--background-tasks`` the load is ``loadtests/locustfile_events.py`` instead: closed-loop
 users that each send their next ``POST /events`` as soon as the last one answered, so enough
-of them saturate the two workers; each request queues two blocking background tasks (an
-audit write and a webhook call, a sleep of ``--webhook-delay`` seconds, 0.5 by default) after
-``--request-cpu`` ms of CPU work in the request (0 by default), with ``ggopool.go`` under the
-worker class and with ``gevent.spawn`` under ``-k gevent``
-(``LOADTESTS_SPAWN``). The table then gives requests/s, 99th percentile latency, failures,
-the workers' CPU time per request (over the load), each worker's peak RSS, and the background
-tasks' start delay (from the call to the task's first line; the app keeps them and each
-worker writes its own when it stops), p50 and p99 over both workers.
+of them saturate the two workers. Each request spends ``--request-cpu`` ms of CPU (0 by
+default), then queues two blocking background tasks, an audit write and a webhook call (a
+sleep of ``--webhook-delay`` seconds, 0.5 by default), with ``ggopool.go`` under the worker
+class and with ``gevent.spawn`` under ``-k gevent`` (``LOADTESTS_SPAWN``). The table then
+gives requests/s, 99th percentile latency, failures, the workers' CPU time per request (over
+the load), each worker's peak RSS, and the background tasks' start delay (from the call to
+the task's first line; the app keeps them and each worker writes its own when it stops), p50
+and p99 over both workers, and a line says whether the target was met: a median per-round
+ratio to ``-k gevent`` of at least `TARGET` for requests/s and at most its inverse for p99.
 
 Why this way: the worker class runs every connection on a ggopool pool and starts every
 request in a fresh context, which costs something per request; this says how much, next
