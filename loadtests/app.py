@@ -9,6 +9,13 @@ Routes:
   the ``fanout`` pool (a pool's cap bounds how many run at once over all requests).
 * ``GET /`` an HTML page linking to ``/assets/<i>`` (a browser, or Locust's Browser user,
   loads them at once); ``GET /assets/<i>``, ``GET /widgets/<i>``: slow-ish leaves.
+* ``POST /events``: answers 202 at once; an audit write and a webhook call (a
+  ``gevent.sleep`` of ``webhook_delay`` seconds, 0.5 by default, standing for the network)
+  run afterwards, each
+  a blocking background task started with ``ggopool.go`` or ``gevent.spawn``
+  (``LOADTESTS_SPAWN``). Each task's start delay (from the call to its first line) is kept
+  and, with ``LOADTESTS_DELAYS_DIR`` set, written there when the process stops
+  (`dump_start_delays`).
 * ``POST /webhooks``: the webhook receiver the app notifies when no other is configured.
 * ``GET /stats``: this process's pools and counters as JSON (under gunicorn each worker
   answers for itself; ``pid`` says which).
@@ -32,6 +39,7 @@ gunicorn has no way to pass options to an app.
 from __future__ import annotations
 
 import argparse
+import array
 import contextvars
 import itertools
 import json
@@ -71,6 +79,10 @@ GATHER_TIMEOUT = 10.0
 #: Seconds the pools get, once the server stopped, to finish their tasks (ggopool's exit
 #: drain); half of Docker's 10 s between SIGTERM and SIGKILL.
 DRAIN_TIMEOUT = 5.0
+#: What starts the background tasks of ``POST /events``, by ``LOADTESTS_SPAWN``.
+SPAWNS: dict[str, Callable[..., object]] = {"ggopool.go": ggopool.go, "gevent.spawn": gevent.spawn}
+#: The most start delays a process keeps (8 bytes each); later ones are only counted.
+MAX_START_DELAYS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -85,11 +97,21 @@ class Settings:
     audit_file: str | None = None
     #: Where order notifications are POSTed; None: this app's own ``/webhooks``.
     webhook_url: str | None = None
+    #: Seconds the webhook call of ``POST /events`` takes (a ``gevent.sleep``).
+    webhook_delay: float = 0.5
+    #: CPU seconds each ``POST /events`` spends before it answers, as a framework's routing,
+    #: validation and serialisation would (a busy loop on this thread's CPU clock).
+    event_cpu: float = 0.0
+    #: What starts the background tasks of ``POST /events``: a key of `SPAWNS`.
+    spawn: str = "ggopool.go"
+    #: Where each process writes its start delays when it stops (`dump_start_delays`).
+    delays_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         """Read ``LOADTESTS_BACKGROUND_CAP``, ``_FANOUT_CAP``, ``_WORK_DELAY``, ``_AUDIT_FILE``,
-        ``_WEBHOOK_URL``; unset ones keep their defaults."""
+        ``_WEBHOOK_URL``, ``_WEBHOOK_DELAY``, ``_EVENT_CPU``, ``_SPAWN``, ``_DELAYS_DIR``; unset
+        ones keep their defaults."""
         env = dict(os.environ) if env is None else env
         settings = cls()
         if "LOADTESTS_BACKGROUND_CAP" in env:
@@ -102,6 +124,14 @@ class Settings:
             settings = replace(settings, audit_file=env["LOADTESTS_AUDIT_FILE"])
         if env.get("LOADTESTS_WEBHOOK_URL"):
             settings = replace(settings, webhook_url=env["LOADTESTS_WEBHOOK_URL"])
+        if env.get("LOADTESTS_WEBHOOK_DELAY"):
+            settings = replace(settings, webhook_delay=float(env["LOADTESTS_WEBHOOK_DELAY"]))
+        if env.get("LOADTESTS_EVENT_CPU"):
+            settings = replace(settings, event_cpu=float(env["LOADTESTS_EVENT_CPU"]))
+        if env.get("LOADTESTS_SPAWN"):
+            settings = replace(settings, spawn=env["LOADTESTS_SPAWN"])
+        if env.get("LOADTESTS_DELAYS_DIR"):
+            settings = replace(settings, delays_dir=env["LOADTESTS_DELAYS_DIR"])
         return settings
 
 
@@ -192,8 +222,15 @@ class Process:
     """
 
     def __init__(self, settings: Settings) -> None:
+        if settings.spawn not in SPAWNS:
+            raise ValueError(f"spawn must be one of {sorted(SPAWNS)}, got {settings.spawn!r}")
         self.pid = os.getpid()
         self.settings = settings
+        self.spawn = SPAWNS[settings.spawn]
+        #: Seconds from each ``POST /events`` task's spawn to its first line, in start order.
+        self.start_delays = array.array("d")
+        self.start_delays_dropped = 0
+        self.events = 0
         self.background = CountedPool("background", settings.background_cap)
         self.fanout = CountedPool("fanout", settings.fanout_cap)
         self.clients: dict[tuple[str, int], HTTPClient] = {}
@@ -246,6 +283,12 @@ class Process:
             self._audit_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.write(self._audit_fd, (json.dumps(record, sort_keys=True) + "\n").encode())
 
+    def record_start(self, submitted: float) -> None:
+        if len(self.start_delays) < MAX_START_DELAYS:
+            self.start_delays.append(time.perf_counter() - submitted)
+        else:
+            self.start_delays_dropped += 1
+
     def stats(self) -> dict[str, object]:
         return {
             "pid": self.pid,
@@ -262,6 +305,8 @@ class Process:
                 "duplicates": self.audited.duplicates + self.notified.duplicates,
             },
             "webhooks_received": self.webhooks_received,
+            "events": self.events,
+            "start_delays": len(self.start_delays) + self.start_delays_dropped,
             "dashboards": self.dashboards,
             "warmups": self.warmups,
         }
@@ -315,6 +360,33 @@ def start_worker_process() -> None:
         proc.audit({"event": "warmup", "pid": proc.pid})
 
     proc.background.go(warm_up)
+
+
+def dump_start_delays() -> None:
+    """Write this process's ``POST /events`` start delays to ``<delays_dir>/<pid>.delays``
+    (native doubles, in seconds), if it made its `Process` and has a ``delays_dir``.
+
+    Meant for gunicorn's ``worker_exit`` hook (see ``loadtests/gunicorn_conf.py``), which
+    runs in the worker under either worker class.
+    """
+    proc = _process
+    if proc is None or proc.pid != os.getpid() or proc.settings.delays_dir is None:
+        return
+    with open(os.path.join(proc.settings.delays_dir, f"{proc.pid}.delays"), "wb") as out:
+        proc.start_delays.tofile(out)
+
+
+# -- background work of an event: blocking tasks, timed from their spawn -----------------
+
+
+def audit_event(proc: Process, submitted: float, event: dict[str, object]) -> None:
+    proc.record_start(submitted)
+    proc.audit({"event": "event", **event})
+
+
+def call_webhook(proc: Process, submitted: float) -> None:
+    proc.record_start(submitted)
+    gevent.sleep(proc.settings.webhook_delay)  # the webhook's round trip
 
 
 # -- background work of an order ----------------------------------------------------------
@@ -393,6 +465,21 @@ def post_order(proc: Process, environ: WSGIEnvironment) -> Response:
     return _json("202 Accepted", order)
 
 
+def post_event(proc: Process, environ: WSGIEnvironment) -> Response:
+    body = _read_json(environ)
+    if not isinstance(body, dict):
+        raise HTTPError("400 Bad Request", f"body must be a JSON object, got {body!r}")
+    busy_until = time.thread_time() + proc.settings.event_cpu
+    while time.thread_time() < busy_until:
+        pass
+    proc.events += 1
+    event: dict[str, object] = {"pid": proc.pid, "number": proc.events, **body}
+    submitted = time.perf_counter()
+    proc.spawn(audit_event, proc, submitted, event)
+    proc.spawn(call_webhook, proc, time.perf_counter())
+    return _json("202 Accepted", {"pid": proc.pid, "number": proc.events})
+
+
 def get_dashboard(proc: Process, environ: WSGIEnvironment) -> Response:
     query = parse_qs(environ.get("QUERY_STRING", ""))
     raw = query.get("widgets", ["4"])[0]
@@ -459,6 +546,8 @@ def route(proc: Process, environ: WSGIEnvironment) -> Response:
     parts = path.strip("/").split("/")
     if method == "POST" and path == "/orders":
         return post_order(proc, environ)
+    if method == "POST" and path == "/events":
+        return post_event(proc, environ)
     if method == "GET" and path == "/dashboard":
         return get_dashboard(proc, environ)
     if method == "GET" and path == "/stats":
@@ -522,6 +611,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-delay", type=float, default=defaults.work_delay)
     parser.add_argument("--audit-file", default=defaults.audit_file)
     parser.add_argument("--webhook-url", default=defaults.webhook_url)
+    parser.add_argument("--webhook-delay", type=float, default=defaults.webhook_delay)
+    parser.add_argument("--event-cpu", type=float, default=defaults.event_cpu)
+    parser.add_argument("--spawn", choices=sorted(SPAWNS), default=defaults.spawn)
     parser.add_argument(
         "--drain-timeout",
         type=float,
@@ -545,6 +637,9 @@ def main(argv: list[str] | None = None) -> int:
             work_delay=args.work_delay,
             audit_file=args.audit_file,
             webhook_url=args.webhook_url,
+            webhook_delay=args.webhook_delay,
+            event_cpu=args.event_cpu,
+            spawn=args.spawn,
         )
     )
     # No access log: at load-test rates it would cost more than the requests.

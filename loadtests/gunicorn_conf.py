@@ -19,6 +19,9 @@ logs what it abandons; with ``-k gevent`` the hooks from `ggopool.gunicorn`
 the class. The drain takes what ``graceful_timeout`` leaves, or ``LOADTESTS_DRAIN_TIMEOUT``
 seconds if set (`ggopool.set_exit_drain`), cut to what it leaves.
 
+``worker_exit`` also writes the worker's ``POST /events`` start delays to
+``LOADTESTS_DELAYS_DIR``, if set (`loadtests.app.dump_start_delays`).
+
 ``child_exit`` runs in the master when a worker has exited: with
 ``PROMETHEUS_MULTIPROC_DIR`` set, it removes that worker's gauges from the directory
 (prometheus_client's ``mark_process_dead``); its counts stay in the sums.
@@ -31,8 +34,8 @@ from typing import Any
 
 import ggopool
 from ggopool import gunicorn as ggopool_gunicorn
-from ggopool.gunicorn import worker_exit, worker_int
-from loadtests.app import start_worker_process
+from ggopool.gunicorn import worker_int
+from loadtests.app import dump_start_delays, start_worker_process
 
 __all__ = ["child_exit", "post_fork", "post_worker_init", "worker_exit", "worker_int"]
 
@@ -50,6 +53,14 @@ def post_worker_init(worker: Any) -> None:
     # copied by the fork, and was lost). Tests wait for this line before they signal.
     ggopool_gunicorn.post_worker_init(worker)  # the drain's clock (nothing under the class)
     worker.log.info("Worker ready (pid: %s)", worker.pid)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    try:
+        ggopool_gunicorn.worker_exit(server, worker)  # the drain (nothing under the class)
+    finally:
+        if getattr(worker, "pid", None) == os.getpid():  # not the master's call for it
+            dump_start_delays()
 
 
 def child_exit(server: Any, worker: Any) -> None:
