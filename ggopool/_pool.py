@@ -966,11 +966,9 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
                     return
                 if not self._to_start or not self._tasks:
                     continue  # uncounts what is left, or returns
-                # Past LONG_QUEUE queued callbacks they are not counted again, and the next
-                # start does not wait behind them (a busy loop's callbacks are not this task's).
-                if queued_before < 0 or (
-                    queued_before <= LONG_QUEUE and callbacks_queued(loop) != queued_before
-                ):
+                # Past LONG_QUEUE queued callbacks they are not counted again: the next start
+                # waits behind them all, as it would behind the task's own.
+                if not 0 <= queued_before <= LONG_QUEUE or callbacks_queued(loop) != queued_before:
                     handed_over = True
                     loop.run_callback(self._start_workers, generation)
                     return

@@ -309,10 +309,12 @@ def found_overdue(loop: Any, watch: LoopWatch) -> bool:
     return False
 
 
-#: Past this many callbacks queued in the loop, a start does not look again at how many are
-#: queued (`callbacks_queued`): gevent's default loop counts its queue one by one (27 ns
-#: each here), and counting a long queue twice would cost more than the start itself.
-LONG_QUEUE = 256
+#: Past this many callbacks queued in the loop, a start does not count them again to see
+#: whether its task queued any (`callbacks_queued`): gevent's default loop counts its queue
+#: one by one (27 ns each here). A burst of tasks that yield once keeps about as many queued
+#: as it has workers (a few hundred for 100,000 tasks); a loop with more than this queued is
+#: so busy that the next start waits behind them all, as it does behind a task's own.
+LONG_QUEUE = 4096
 
 
 def callbacks_queued(loop: Any) -> int:

@@ -117,10 +117,11 @@ def test_a_burst_of_tasks_that_yield_once_is_run_by_a_few_workers_not_one_each()
         gevent.sleep(0)
         ran[0] += 1
 
-    for _ in range(20_000):
+    # As many as the bench's burst: its resumes keep a few hundred callbacks queued.
+    for _ in range(100_000):
         pool.go(task)
     pool.join()
-    assert ran[0] == 20_000
+    assert ran[0] == 100_000
     stats = pool.stats()
     assert stats.workers == stats.idle
     assert 1 <= stats.workers <= 2_000, stats
