@@ -75,7 +75,7 @@ from ggopool.bench.trickle import trickle
 from ggopool.bench.workloads import BODIES
 
 #: How long the three modes take on the 2-core machine docs/benchmark.md describes.
-HEADLINE_DURATION = "1-2 min on a 2-core machine"
+HEADLINE_DURATION = "2-3 min on a 2-core machine"
 FULL_DURATION = "7-16 min"
 QUICK_DURATION = "1-2.5 min"
 
