@@ -23,6 +23,7 @@ from typing import TypedDict
 import gevent
 from gevent.event import Event
 
+from ggopool.bench.latency import percentile
 from ggopool.bench.progress import Progress
 from ggopool.bench.rounds import Sample, interleave
 from ggopool.bench.strategies import (
@@ -62,11 +63,6 @@ class BusyRow(TypedDict):
     p99_ratio_to_spawn: float | None
     p50_ratio_range: list[float] | None  # the lowest and highest round's ratio
     p99_ratio_range: list[float] | None
-
-
-def _percentile(ordered: list[float], fraction: float) -> float:
-    """The nearest-rank percentile of an ascending list."""
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 @contextmanager
@@ -117,7 +113,7 @@ def busy(n: int, greenlets: int, rounds: int, progress: Progress) -> list[BusyRo
         strategy.finish(done)
         delays = sorted(b - a for a, b in zip(stamps, starts, strict=True) if b)
         if delays:
-            by_round[strategy.name].append((_percentile(delays, 0.50), _percentile(delays, 0.99)))
+            by_round[strategy.name].append((percentile(delays, 0.50), percentile(delays, 0.99)))
         return 0.0, ran
 
     entries: list[tuple[str, Callable[[], Sample]]] = [

@@ -27,7 +27,7 @@ class LatencyRow(TypedDict):
     p99_us: float  # median over rounds of each round's 99th percentile
 
 
-def _percentile(ordered: list[float], fraction: float) -> float:
+def percentile(ordered: list[float], fraction: float) -> float:
     """The nearest-rank percentile of an ascending list."""
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
@@ -51,7 +51,7 @@ def latency(
         task = stamped(n, done, starts)
         strategy.burst_stamped(n, task.task, done, stamps)
         delays = sorted(b - a for a, b in zip(stamps, starts, strict=True))
-        percentiles[strategy.name].append((_percentile(delays, 0.50), _percentile(delays, 0.99)))
+        percentiles[strategy.name].append((percentile(delays, 0.50), percentile(delays, 0.99)))
         return 0.0, task.ran()
 
     entries: list[tuple[str, Callable[[], Sample]]] = [
