@@ -994,7 +994,7 @@ class Pool(GeventPoolMixin, InstrumentsMixin):
         """Make one worker counted by `_add_worker`, while the starts of a run of them have
         taken the switch interval and the loop has not polled since (see `_start_workers`):
         one loop callback per start, as ``gevent.spawn`` makes. Once the loop has polled,
-        the first of these callbacks to run starts the rest in a run again."""
+        the last of these callbacks pending starts the rest in a run again."""
         if generation != self._generation:
             return
         self._start_ones -= 1
