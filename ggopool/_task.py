@@ -774,8 +774,9 @@ class Task(_TaskBase, Generic[T]):
     ) -> None:
         """Stop the task with ``exception`` (see the class docstring); with ``block``, wait
         up to ``timeout`` seconds until it is done. Never raises, as gevent's (but for a
-        bad ``timeout``, or an ``exception`` that is not an exception class or instance:
-        TypeError, before anything happens)."""
+        bad ``timeout``: TypeError, before anything happens). An ``exception`` that is not
+        an exception class or instance is read as gevent's ``kill`` reads it: the task
+        dies, unsuccessful, and the hub reports it."""
         timeout = _check_wait_timeout(timeout)
         exc = self._aim_kill(exception)
         if exc is None:
@@ -802,8 +803,9 @@ class Task(_TaskBase, Generic[T]):
     def _maybe_kill_before_start(self, exception: object) -> bool:
         """Kill the task now if it is still queued (``gevent.killall`` calls this first, so
         no task it kills starts in between). True if the task is now dead. An ``exception``
-        no kill can raise is refused first (TypeError), and nothing changes."""
-        check_exception(exception)
+        that is no exception is read as gevent reads it, for gevent's own tests pin that a
+        greenlet killed with one dies, unsuccessful (`Pool.kill` and `Pool.killone` refuse
+        it instead)."""
         if self._state is _UNSTARTED:
             self._mark_killed(exception)  # never queued: it never runs, as gevent's
         elif self._state is _LATER:
