@@ -96,6 +96,15 @@ def wait_then_worker(gate: Event) -> Any:
     return gevent.getcurrent()
 
 
+@pytest.fixture
+def short_switch_interval() -> Iterator[None]:
+    """gevent's switch interval at 1 ms instead of 5 for the test (the fairness tests)."""
+    before = gevent.getswitchinterval()
+    gevent.setswitchinterval(0.001)
+    yield
+    gevent.setswitchinterval(before)
+
+
 def parked_in_order(pool: ggopool.Pool, n: int) -> list[Any]:
     """Park ``n`` workers one after the other; their greenlets, longest parked first."""
     gates = [Event() for _ in range(n)]
