@@ -15,15 +15,9 @@ from pathlib import Path
 from tests.locust_helpers import counts, distributed
 from tests.subprocess_helpers import run_python
 
-# Locust as a library: one local runner, started and stopped as its web UI does.
-DRAIN_SCRIPT = """
-    import time
-    import gevent
-    from locust import User, constant, task
-    from locust.env import Environment
-    import ggopool
-    from ggopool.locust import track
-
+# Locust as a library: one local runner, started and stopped as its web UI does (the
+# scripts import User, constant, task and Environment before it).
+LOCAL_RUNNER = """
     class Idle(User):
         wait_time = constant(0.1)
 
@@ -39,7 +33,20 @@ DRAIN_SCRIPT = """
 
     env = Environment(user_classes=[Idle])
     runner = env.create_local_runner()
-    # "held" holds a task queued before it was tracked (not counted, but the drain waits
+"""
+
+DRAIN_SCRIPT = (
+    """
+    import time
+    import gevent
+    from locust import User, constant, task
+    from locust.env import Environment
+    import ggopool
+    from ggopool.locust import track
+
+"""
+    + LOCAL_RUNNER
+    + """    # "held" holds a task queued before it was tracked (not counted, but the drain waits
     # for all the pool holds) and a counted one that ends 1.5 s into the drain; "stuck"
     # a counted task that outlives it. Each pool is given 2 s.
     held = ggopool.new_pool("held", 2)
@@ -53,6 +60,7 @@ DRAIN_SCRIPT = """
     runner.stop()  # test_stopping, the users stop, test_stop: the drain
     print("stop took", time.monotonic() - began)
 """
+)
 
 
 def test_the_drain_at_test_stop_takes_at_most_drain_timeout_in_all() -> None:
@@ -65,7 +73,8 @@ def test_the_drain_at_test_stop_takes_at_most_drain_timeout_in_all() -> None:
         assert f"ggopool pool {pool!r}: 1 tasks unfinished" in out.stderr, out.stderr
 
 
-RESTART_SCRIPT = """
+RESTART_SCRIPT = (
+    """
     import json
     from dataclasses import asdict
     import gevent
@@ -74,22 +83,9 @@ RESTART_SCRIPT = """
     import ggopool
     from ggopool.locust import counts, track
 
-    class Idle(User):
-        wait_time = constant(0.1)
-
-        @task
-        def nothing(self):
-            pass
-
-    def start(runner):
-        # As the web UI starts a test: the users spawn in a greenlet of the runner's.
-        runner.start(1, spawn_rate=100)
-        runner.spawning_greenlet.join(10)
-        assert runner.state == "running", runner.state
-
-    env = Environment(user_classes=[Idle])
-    runner = env.create_local_runner()
-    jobs = track(ggopool.new_pool("jobs", 4), env)
+"""
+    + LOCAL_RUNNER
+    + """    jobs = track(ggopool.new_pool("jobs", 4), env)
 
     def say(when, pool_counts, **more):
         print(json.dumps({"when": when, **asdict(pool_counts), **more}))
@@ -111,6 +107,7 @@ RESTART_SCRIPT = """
     runner.stop()
     say("second", counts(env)["jobs"])
 """
+)
 
 
 def test_a_second_test_in_one_process_counts_from_zero() -> None:
